@@ -1,0 +1,58 @@
+"""``sympow.attention``: validate, choose a backend, run one form, return (layout.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import backends
+from .spec import State, resolve_form, validate
+
+
+def attention(
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    kernel: str = "sympow",
+    power: int = 2,
+    scale: float | None = None,
+    log_gate: Any = None,
+    proportions: tuple[Any, Any] | None = None,
+    rotary: Any = None,
+    rotary_layout: str = "half",
+    normalize: bool = True,
+    eps: float = 0.0,
+    form: str = "auto",
+    chunk_size: int = 64,
+    initial_state: State | None = None,
+    return_state: bool = False,
+    backend: str | None = None,
+) -> Any:
+    r"""Causal symmetric-power attention and its relatives (docs: math.md).
+
+    With s_ij = sigma <q~_i, k~_j> (q~, k~ rotated by the accumulated angles mu_t = mu_0 + sum_{l<=t} w_l),
+    kappa_ij the kernel (``sympow``: s^p; ``taylor``: sum_{n<=p} s^n/n!; ``relu``: sigma <relu q~, relu k~>;
+    ``identity``: s) and w_ij the position weight (gates exp(sum_{l=j+1..i} g_l) times proportions
+    cos(pi/2 (a_i - b_j))), for j <= i:
+
+        N_i = sum_j w_ij kappa_ij v_j,  Z_i = sum_j w_ij kappa_ij,  y_i = N_i / (Z_i + eps)  (or N_i)
+
+    plus the terms of ``initial_state``. Where Z_i + eps = 0, y_i = 0.
+
+    Shapes: q, k [..., T, d]; v [..., T, e]; log_gate [..., T] (<= 0); proportions (a, b) each [..., T] in
+    [0, 1]; rotary [..., T, d/2] angle increments (d even). Leading axes broadcast. Returns y [..., T, e]
+    of the inputs' library, device and dtype (float16/bfloat16 accumulate in float32), and with
+    ``return_state=True`` the pair (y, State). ``form`` is "parallel", "recurrent", "chunked" (chunks of
+    ``chunk_size`` tokens) or "auto" (by the FLOP model); all compute the same function.
+
+    Raises ValueError or TypeError, naming the argument, on bad input, before computing anything.
+    """
+    request = validate(
+        q, k, v, kernel=kernel, power=power, scale=scale, log_gate=log_gate,
+        proportions=proportions, rotary=rotary, rotary_layout=rotary_layout, normalize=normalize,
+        eps=eps, form=form, chunk_size=chunk_size, initial_state=initial_state,
+        return_state=return_state,
+    )  # fmt: skip
+    _, implementation = backends.select(request, backend)
+    y, state = implementation.run(request, resolve_form(request))
+    return (y, state) if return_state else y

@@ -1,0 +1,135 @@
+"""The backend registry: what each backend takes, and which one a call runs on.
+
+A backend is a module with ``supports(request) -> str | None`` (None, or why not) and
+``run(request, form) -> (y, state)``. It is named here with the array libraries it takes and the
+packages it needs, and never imported until an array of one of its libraries arrives (as einops and
+opt_einsum find their backends). Choice, strongest first: the ``backend=`` argument, ``use(name)``, the
+environment variable SYMPOW_BACKEND, then automatic: the highest-priority backend that takes the arrays'
+library and supports the request, with the reference last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import importlib.util
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+ENVIRONMENT_VARIABLE = "SYMPOW_BACKEND"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One registered backend.
+
+    ``libraries``: the array libraries it takes ("*" for any namespace of the standard); ``requires``:
+    packages it imports; ``priority``: higher wins in automatic choice; ``module``: where ``supports``,
+    ``run`` and optionally ``unavailable() -> str | None`` (why it cannot run here) live.
+    """
+
+    name: str
+    module: str
+    libraries: tuple[str, ...]
+    requires: tuple[str, ...]
+    priority: int
+    differentiable: bool
+    description: str
+
+    def takes(self, library: str) -> bool:
+        return "*" in self.libraries or library in self.libraries
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+    def unavailable(self) -> str | None:
+        """None if this backend can run here, else the reason."""
+        for package in self.requires:
+            if importlib.util.find_spec(package) is None:
+                return f"package {package!r} is not installed"
+        probe = getattr(self.load(), "unavailable", None)
+        return probe() if probe is not None else None
+
+
+_REGISTRY: dict[str, Backend] = {}
+_chosen: contextvars.ContextVar[str | None] = contextvars.ContextVar("sympow_backend", default=None)
+
+
+def register(backend: Backend) -> None:
+    """Add (or replace) a backend."""
+    _REGISTRY[backend.name] = backend
+
+
+def registered() -> list[Backend]:
+    return sorted(_REGISTRY.values(), key=lambda b: -b.priority)
+
+
+@dataclass(frozen=True)
+class Availability:
+    name: str
+    available: bool
+    reason: str | None
+    libraries: tuple[str, ...]
+    differentiable: bool
+    description: str
+
+
+def available() -> list[Availability]:
+    """Every registered backend, whether it can run here and, if not, why."""
+    rows = []
+    for backend in registered():
+        reason = backend.unavailable()
+        rows.append(
+            Availability(backend.name, reason is None, reason, backend.libraries,
+                         backend.differentiable, backend.description)
+        )  # fmt: skip
+    return rows
+
+
+@contextlib.contextmanager
+def use(name: str) -> Iterator[None]:
+    """Run the calls inside the block on backend ``name`` (unless ``backend=`` says otherwise)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"backend must be one of {sorted(_REGISTRY)}, got {name!r}")
+    token = _chosen.set(name)
+    try:
+        yield
+    finally:
+        _chosen.reset(token)
+
+
+def requested_name(argument: str | None) -> str | None:
+    """The explicit choice in force: the argument, else use(), else SYMPOW_BACKEND, else None."""
+    return argument or _chosen.get() or os.environ.get(ENVIRONMENT_VARIABLE) or None
+
+
+def select(request: Any, argument: str | None = None) -> tuple[Backend, ModuleType]:
+    """The backend that runs ``request``, or ValueError saying why the named one cannot and what can."""
+    library = request.library
+    name = requested_name(argument)
+    if name is not None:
+        if name not in _REGISTRY:
+            raise ValueError(f"backend must be one of {sorted(_REGISTRY)}, got {name!r}")
+        backend = _REGISTRY[name]
+        reason = _refusal(backend, request, library)
+        if reason is not None:
+            working = [b.name for b in registered() if _refusal(b, request, library) is None]
+            raise ValueError(f"backend {name!r} cannot run this call: {reason}; these can: {working}")
+        return backend, backend.load()
+    for backend in registered():
+        if _refusal(backend, request, library) is None:
+            return backend, backend.load()
+    raise ValueError(f"no registered backend takes {library} arrays")  # the reference takes all
+
+
+def _refusal(backend: Backend, request: Any, library: str) -> str | None:
+    if not backend.takes(library):
+        return f"it takes {list(backend.libraries)} arrays, not {library}"
+    reason = backend.unavailable()
+    if reason is not None:
+        return reason
+    return backend.load().supports(request)

@@ -1,0 +1,35 @@
+"""The backend-agnostic reference: array API calls only, no framework imported.
+
+``run(request, form)`` computes one validated request in one form; it is the "reference" backend and the
+float64 oracle every other backend and kernel is compared against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .checks import FORMS, Request, validate
+from .forms import FORMS as FORM_FUNCTIONS
+from .forms import choose_form
+from .kernel import KERNELS, Kernel, make_kernel
+from .prepare import prepare
+from .state import State
+
+__all__ = [
+    "FORMS", "KERNELS", "Kernel", "Request", "State", "choose_form", "make_kernel", "resolve_form",
+    "run", "validate",
+]  # fmt: skip
+
+
+def resolve_form(request: Request) -> str:
+    """The request's form, with 'auto' resolved by the FLOP model."""
+    if request.form != "auto":
+        return request.form
+    return choose_form(request.T, request.d, request.e, request.feature_size, request.chunk_size)
+
+
+def run(request: Request, form: str) -> tuple[Any, State | None]:
+    """(y in the input dtype, final state or None) of ``request`` computed in ``form``."""
+    prepared = prepare(request)
+    y, state = FORM_FUNCTIONS[form](prepared, request.return_state)
+    return request.xp.astype(y, request.dtype), state

@@ -1,0 +1,288 @@
+"""Input checks: everything is validated before anything is computed (api.md).
+
+``validate`` turns the arguments of ``sympow.attention`` into a ``Request``, or raises ``ValueError`` /
+``TypeError`` with a message that names the argument, what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from array_api_compat import array_namespace, device
+
+from .kernel import KERNELS, Kernel, make_kernel
+from .rotary import LAYOUTS
+from .state import State
+
+FORMS = ("parallel", "recurrent", "chunked", "auto")
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated call of ``attention``: arrays as given (not yet broadcast or cast) and options."""
+
+    xp: Any
+    q: Any
+    k: Any
+    v: Any
+    kernel: Kernel
+    scale: float
+    log_gate: Any
+    proportions: tuple[Any, Any] | None
+    rotary: Any
+    rotary_layout: str
+    normalize: bool
+    eps: float
+    form: str
+    chunk_size: int
+    initial_state: State | None
+    return_state: bool
+    batch_shape: tuple[int, ...]
+    T: int
+    d: int
+    e: int
+
+    @property
+    def dtype(self) -> Any:
+        return self.q.dtype
+
+    @property
+    def device(self) -> Any:
+        return device(self.q)
+
+    @property
+    def halves(self) -> int:
+        """H: 2 with proportions (cos and sin halves of the state), else 1."""
+        return 1 if self.proportions is None else 2
+
+    @property
+    def feature_size(self) -> int:
+        """D' = H * D, the first axis of the state's S."""
+        return self.halves * self.kernel.feature_size(self.d)
+
+    @property
+    def uses_rotary(self) -> bool:
+        return self.rotary is not None or (
+            self.initial_state is not None and self.initial_state.mu is not None
+        )
+
+    @property
+    def library(self) -> str:
+        return _library(self.xp)
+
+
+def _library(xp: Any) -> str:
+    name = getattr(xp, "__name__", type(xp).__name__)
+    return name.removeprefix("array_api_compat.").split(".")[0]
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    return tuple(x.shape)
+
+
+def broadcast_shapes(named: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """The broadcast of the given leading shapes; the error names the arguments that do not fit."""
+    ndim = max((len(s) for s in named.values()), default=0)
+    result = [1] * ndim
+    owner = [""] * ndim
+    for name, shape in named.items():
+        for axis, size in enumerate(shape, start=ndim - len(shape)):
+            if size == 1:
+                continue
+            if result[axis] not in (1, size):
+                raise ValueError(
+                    f"leading (batch) axes of {name} {shape} do not broadcast with those of "
+                    f"{owner[axis]} (size {result[axis]} at axis {axis - ndim}); expected equal sizes "
+                    "or size 1"
+                )
+            result[axis], owner[axis] = size, name
+    return tuple(result)
+
+
+def _check_number(name: str, value: Any, *, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
+    value = float(value)
+    bound_ok = value > 0 if positive else value >= 0
+    if not math.isfinite(value) or not bound_ok:
+        expected = "a finite number > 0" if positive else "a finite number >= 0"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} of type {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _check_array(name: str, x: Any, xp: Any, dev: Any, min_ndim: int) -> None:
+    try:
+        its_xp = array_namespace(x)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an array of the array API standard, got {type(x).__name__}"
+        ) from None
+    if _library(its_xp) != _library(xp):
+        raise TypeError(
+            f"{name} is a {_library(its_xp)} array but q is a {_library(xp)} array; expected arrays of "
+            "one library"
+        )
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
+    if device(x) != dev:
+        raise ValueError(f"{name} is on device {device(x)} but q is on {dev}; expected one device")
+    if x.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} axes, got shape {_shape(x)}")
+
+
+def _any(condition: Any, xp: Any) -> bool:
+    """bool(any(condition)), or False for a traced (lazy) array whose values cannot be read."""
+    from array_api_compat import is_lazy_array
+
+    if is_lazy_array(condition):
+        return False
+    return bool(xp.any(condition))
+
+
+def _check_finite(name: str, x: Any, xp: Any) -> None:
+    if _any(~xp.isfinite(x), xp):
+        raise ValueError(f"{name} must be finite everywhere, got NaN or infinite entries")
+
+
+def validate(
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    kernel: str,
+    power: int,
+    scale: float | None,
+    log_gate: Any,
+    proportions: tuple[Any, Any] | None,
+    rotary: Any,
+    rotary_layout: str,
+    normalize: bool,
+    eps: float,
+    form: str,
+    chunk_size: int,
+    initial_state: State | None,
+    return_state: bool,
+) -> Request:
+    """Check every argument of ``attention`` (api.md) and return the ``Request``; see the module doc."""
+    try:
+        xp = array_namespace(q)
+    except TypeError:
+        raise TypeError(f"q must be an array of the array API standard, got {type(q).__name__}") from None
+    dev = device(q)
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        _check_array(name, x, xp, dev, 2)
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    T, d, e = q.shape[-2], q.shape[-1], v.shape[-1]
+    for name, x in (("k", k), ("v", v)):
+        if x.shape[-2] != T:
+            raise ValueError(f"{name} must have T = {T} tokens like q (axis -2), got shape {_shape(x)}")
+    if k.shape[-1] != d:
+        raise ValueError(f"k must have d = {d} features like q (last axis), got shape {_shape(k)}")
+    if T < 1 or d < 1 or e < 1:
+        raise ValueError(f"q, k, v need T, d, e >= 1, got T = {T}, d = {d}, e = {e}")
+
+    kernel = _check_choice("kernel", kernel, KERNELS)
+    if kernel in ("sympow", "taylor"):
+        _check_int("power", power, 1)
+    the_kernel = make_kernel(kernel, power)
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be a bool, got {normalize!r}")
+    if normalize and not the_kernel.nonnegative:
+        raise ValueError(
+            f"normalize=True needs a kernel with kappa >= 0 (even power, or relu); got kernel={kernel!r}"
+            + (f" with odd power={power}" if kernel in ("sympow", "taylor") else "")
+            + "; use normalize=False"
+        )
+    scale = d**-0.5 if scale is None else _check_number("scale", scale, positive=True)
+    eps = _check_number("eps", eps, positive=False)
+    form = _check_choice("form", form, FORMS)
+    rotary_layout = _check_choice("rotary_layout", rotary_layout, LAYOUTS)
+    chunk_size = _check_int("chunk_size", chunk_size, 1)
+    if not isinstance(return_state, bool):
+        raise TypeError(f"return_state must be a bool, got {return_state!r}")
+
+    leading = {"q": _shape(q)[:-2], "k": _shape(k)[:-2], "v": _shape(v)[:-2]}
+    if log_gate is not None:
+        _check_array("log_gate", log_gate, xp, dev, 1)
+        if log_gate.shape[-1] != T:
+            raise ValueError(f"log_gate must have shape [..., T={T}], got {_shape(log_gate)}")
+        leading["log_gate"] = _shape(log_gate)[:-1]
+    if proportions is not None:
+        if not isinstance(proportions, (tuple, list)) or len(proportions) != 2:
+            raise TypeError(f"proportions must be a pair (a, b) of arrays, got {type(proportions).__name__}")
+        for name, x in zip(("proportions[0] (a)", "proportions[1] (b)"), proportions, strict=True):
+            _check_array(name, x, xp, dev, 1)
+            if x.shape[-1] != T:
+                raise ValueError(f"{name} must have shape [..., T={T}], got {_shape(x)}")
+            leading[name] = _shape(x)[:-1]
+        proportions = tuple(proportions)
+    if rotary is not None:
+        if d % 2:
+            raise ValueError(f"rotary needs an even head dimension d, got d = {d}")
+        _check_array("rotary", rotary, xp, dev, 2)
+        if _shape(rotary)[-2:] != (T, d // 2):
+            raise ValueError(f"rotary must have shape [..., T={T}, d/2={d // 2}], got {_shape(rotary)}")
+        leading["rotary"] = _shape(rotary)[:-2]
+    if initial_state is not None:
+        _check_state(initial_state, xp, dev, the_kernel, d, e, 1 if proportions is None else 2, leading)
+    batch_shape = broadcast_shapes(leading)
+
+    # Value checks last: they read the data (one pass each), after every cheap check has passed.
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        _check_finite(name, x, xp)
+    if log_gate is not None:
+        if _any(xp.isnan(log_gate), xp) or _any(log_gate > 0, xp):
+            raise ValueError("log_gate must hold values <= 0 (log of a gate in [0, 1]), got a positive or NaN entry")
+    if proportions is not None:
+        for name, x in zip(("proportions[0] (a)", "proportions[1] (b)"), proportions, strict=True):
+            if _any(~((x >= 0) & (x <= 1)), xp):
+                raise ValueError(f"{name} must lie in [0, 1], got an entry outside it (or NaN)")
+    if rotary is not None:
+        _check_finite("rotary", rotary, xp)
+
+    return Request(
+        xp=xp, q=q, k=k, v=v, kernel=the_kernel, scale=scale, log_gate=log_gate,
+        proportions=proportions, rotary=rotary, rotary_layout=rotary_layout, normalize=normalize,
+        eps=eps, form=form, chunk_size=chunk_size, initial_state=initial_state,
+        return_state=return_state, batch_shape=batch_shape, T=T, d=d, e=e,
+    )  # fmt: skip
+
+
+def _check_state(
+    state: Any, xp: Any, dev: Any, kernel: Kernel, d: int, e: int, halves: int, leading: dict
+) -> None:
+    if not isinstance(state, State):
+        raise TypeError(f"initial_state must be a sympow.State, got {type(state).__name__}")
+    size = halves * kernel.feature_size(d)
+    fields = {"S": (size, e), "z": (size,), "log_scale": ()}
+    if state.mu is not None:
+        if d % 2:
+            raise ValueError(f"initial_state.mu needs an even head dimension d, got d = {d}")
+        fields["mu"] = (d // 2,)
+    for field, tail in fields.items():
+        x = getattr(state, field)
+        name = f"initial_state.{field}"
+        _check_array(name, x, xp, dev, len(tail))
+        if tail and _shape(x)[-len(tail) :] != tail:
+            raise ValueError(
+                f"{name} must have shape [..., {', '.join(map(str, tail))}] for kernel "
+                f"{kernel.name!r} with d = {d}, e = {e} and {halves} half(s), got {_shape(x)}"
+            )
+        leading[name] = _shape(x)[: x.ndim - len(tail)]

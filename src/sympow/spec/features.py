@@ -1,0 +1,121 @@
+"""The exact symmetric-power feature map and its stabilised form (math.md section 1).
+
+For a multiset a of size p from {1..d}, written as sorted indices (i_1 <= ... <= i_p) with multiplicities
+a_m,
+
+    phi_p(x)_a = sqrt(p! / prod_m a_m!) * prod_r x_{i_r},      so that  phi_p(x) . phi_p(y) = (x . y)^p
+
+by the multinomial theorem: the square-rooted coefficients make the symmetric embedding, of size
+C(d+p-1, p), equal the full tensor power x^{(x)p}, of size d^p, in every inner product.
+
+Large scores are handled by factoring each token's magnitude out of its features: with L = log |x| and
+u = x / |x|, a kernel's features are
+
+    phi(x) = concat_n sqrt(c_n) |x|^n phi_n(u) = exp(lam) * f,   lam = max_n (log(c_n)/2 + n L),
+
+so every block of f has norm at most one and lam, a per-token log scale, travels separately (``scaled``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from functools import lru_cache
+from typing import Any
+
+from array_api_compat import array_namespace, device
+
+from .kernel import Kernel
+
+
+@lru_cache(maxsize=64)
+def feature_table(d: int, p: int) -> tuple[tuple[tuple[int, ...], ...], tuple[float, ...]]:
+    """Index table and coefficients of phi_p on R^d, built once per (d, p).
+
+    Returns (indices, coefficients): indices[r] is the sorted multiset (i_1, ..., i_p) of feature r and
+    coefficients[r] = sqrt(p! / prod_m a_m!). Length C(d+p-1, p); for p = 0 the single empty multiset.
+    """
+    indices = tuple(itertools.combinations_with_replacement(range(d), p))
+    coefficients = []
+    for multiset in indices:
+        multiplicities = [len(list(group)) for _, group in itertools.groupby(multiset)]
+        denominator = math.prod(math.factorial(a) for a in multiplicities)
+        coefficients.append(math.sqrt(math.factorial(p) / denominator))
+    return indices, tuple(coefficients)
+
+
+_device_tables: dict[tuple[Any, ...], tuple[list[Any], Any]] = {}
+
+
+def _tables_on(xp: Any, dev: Any, dtype: Any, d: int, p: int) -> tuple[list[Any], Any]:
+    """The index columns and coefficients of phi_p as arrays of ``xp`` on ``dev``, cached."""
+    key = (xp.__name__, str(dev), str(dtype), d, p)
+    if key not in _device_tables:
+        indices, coefficients = feature_table(d, p)
+        columns = [
+            xp.asarray([multiset[r] for multiset in indices], dtype=xp.int64, device=dev)
+            for r in range(p)
+        ]
+        _device_tables[key] = (columns, xp.asarray(coefficients, dtype=dtype, device=dev))
+    return _device_tables[key]
+
+
+def symmetric_power_features(x: Any, p: int, xp: Any = None) -> Any:
+    """phi_p on the last axis: [..., d] -> [..., C(d+p-1, p)], in the dtype of ``x``.
+
+    No scale is applied: phi_p(x) . phi_p(y) = (x . y)^p. For p = 0 the result is a single 1.
+    """
+    xp = array_namespace(x) if xp is None else xp
+    columns, coefficients = _tables_on(xp, device(x), x.dtype, x.shape[-1], p)
+    if p == 0:
+        return xp.ones((*x.shape[:-1], 1), dtype=x.dtype, device=device(x))
+    product = xp.take(x, columns[0], axis=-1)
+    for column in columns[1:]:
+        product = product * xp.take(x, column, axis=-1)
+    return product * coefficients
+
+
+def log_norm(x: Any, xp: Any) -> tuple[Any, Any]:
+    """(u, L) with u = x / |x| and L = log |x| over the last axis; u = 0 and L = -inf where x = 0.
+
+    The norm is taken after dividing by max |x_m|, so it neither overflows nor underflows.
+    """
+    peak = xp.max(xp.abs(x), axis=-1, keepdims=True)
+    safe_peak = xp.where(peak > 0, peak, xp.ones_like(peak))
+    ratio = x / safe_peak
+    norm = xp.sqrt(xp.sum(ratio * ratio, axis=-1, keepdims=True))
+    unit = ratio / xp.where(norm > 0, norm, xp.ones_like(norm))
+    return unit, safe_log(peak * norm, xp)[..., 0]
+
+
+def safe_log(x: Any, xp: Any) -> Any:
+    """log x for x >= 0, -inf at 0, without the warning a log(0) raises in some libraries."""
+    positive = x > 0
+    return xp.where(positive, xp.log(xp.where(positive, x, xp.ones_like(x))), xp.full_like(x, -math.inf))
+
+
+def scaled(kernel: Kernel, y: Any, xp: Any) -> tuple[Any, Any]:
+    """(f, lam) with phi(x) = exp(lam)[..., None] * f for the kernel's feature map.
+
+    ``y`` is sigma^{1/2} x, already rectified for ``relu``: [..., d] -> f [..., D], lam [...]. Every block
+    of f has norm at most one. Where phi(x) = 0 (x = 0 and no degree 0), f = 0 and lam = 0.
+    """
+    unit, log_magnitude = log_norm(y, xp)
+    finite = xp.isfinite(log_magnitude)
+    safe_log = xp.where(finite, log_magnitude, xp.zeros_like(log_magnitude))
+    exponents = []
+    for n, log_c in zip(kernel.degrees, kernel.log_coefficients, strict=True):
+        exponent = 0.5 * log_c + n * safe_log
+        if n > 0:
+            exponent = xp.where(finite, exponent, xp.full_like(exponent, -math.inf))
+        exponents.append(exponent)
+    lam = exponents[0]
+    for exponent in exponents[1:]:
+        lam = xp.maximum(lam, exponent)
+    lam = xp.where(xp.isfinite(lam), lam, xp.zeros_like(lam))
+    blocks = [
+        xp.exp(exponent - lam)[..., None] * symmetric_power_features(unit, n, xp)
+        for n, exponent in zip(kernel.degrees, exponents, strict=True)
+    ]
+    features = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=-1)
+    return features, lam

@@ -1,0 +1,144 @@
+"""From a validated request to the arrays every form works on.
+
+Dtype rule (math.md section 7): float16 and bfloat16 inputs are computed in float32, float32 in float32,
+float64 in float64; the output is cast back to the input dtype. Rotary angles are accumulated in float64
+where the namespace has it. Every array is broadcast to the common batch shape here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .checks import Request
+from .kernel import Kernel
+from .rotary import accumulate_angles, rotate
+from .state import State
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Inputs of the forms, broadcast to batch shape B and in the compute dtype.
+
+    yq, yk [B, T, d]: sigma^{1/2} R(mu_t) x_t (rectified for relu); v [B, T, e]; g [B, T] log-gates or
+    None; a, b [B, T] proportions or None, with query_weight and key_weight [B, T, H] their
+    (cos, sin)(pi a / 2) and (cos, sin)(pi b / 2); initial SZ [B, D, H*(e+1)] and its log scale M [B]
+    (zero and -inf unless ``resumed``);
+    mu_end [B, d/2] (mod 2 pi) or None.
+    """
+
+    xp: Any
+    kernel: Kernel
+    yq: Any
+    yk: Any
+    v: Any
+    g: Any
+    a: Any
+    b: Any
+    query_weight: Any
+    key_weight: Any
+    initial: Any
+    initial_scale: Any
+    resumed: bool
+    mu_end: Any
+    normalize: bool
+    eps: float
+    chunk_size: int
+    out_dtype: Any
+
+    @property
+    def T(self) -> int:
+        return self.yq.shape[-2]
+
+    @property
+    def e(self) -> int:
+        return self.v.shape[-1]
+
+    @property
+    def halves(self) -> int:
+        return 1 if self.key_weight is None else self.key_weight.shape[-1]
+
+    @property
+    def features(self) -> int:
+        return self.initial.shape[-2]
+
+
+def compute_dtype(xp: Any, dtype: Any) -> Any:
+    """float64 stays float64; every other floating dtype computes in float32."""
+    return xp.float64 if dtype == xp.float64 else xp.float32
+
+
+def prepare(request: Request) -> Prepared:
+    xp = request.xp
+    work = compute_dtype(xp, request.dtype)
+    batch = request.batch_shape
+    T, d, e = request.T, request.d, request.e
+
+    def cast(x: Any, tail: tuple[int, ...]) -> Any:
+        return xp.broadcast_to(xp.astype(x, work), (*batch, *tail))
+
+    q, k, v = cast(request.q, (T, d)), cast(request.k, (T, d)), cast(request.v, (T, e))
+    state = request.initial_state
+    mu_end = None
+    if request.uses_rotary:
+        mu0 = None if state is None or state.mu is None else state.mu
+        increments = (
+            xp.zeros((*batch, T, d // 2), dtype=work, device=request.device)
+            if request.rotary is None
+            else request.rotary
+        )
+        mu, mu_end = accumulate_angles(increments, mu0, xp)
+        mu = xp.broadcast_to(mu, (*batch, T, d // 2))
+        mu_end = xp.broadcast_to(mu_end, (*batch, d // 2))
+        cos, sin = xp.astype(xp.cos(mu), work), xp.astype(xp.sin(mu), work)
+        q = rotate(q, cos, sin, request.rotary_layout, xp)
+        k = rotate(k, cos, sin, request.rotary_layout, xp)
+    if request.kernel.rectify:
+        q, k = xp.maximum(q, 0.0), xp.maximum(k, 0.0)
+    root_scale = math.sqrt(request.scale)
+    g = None if request.log_gate is None else cast(request.log_gate, (T,))
+    a = b = query_weight = key_weight = None
+    if request.proportions is not None:
+        a, b = (cast(x, (T,)) for x in request.proportions)
+        query_weight, key_weight = (_half_weights(x, xp) for x in (a, b))
+    initial, initial_scale = pack_state(state, request, work)
+    return Prepared(
+        xp=xp, kernel=request.kernel, yq=q * root_scale, yk=k * root_scale, v=v, g=g, a=a, b=b,
+        query_weight=query_weight, key_weight=key_weight, initial=initial,
+        initial_scale=initial_scale, resumed=state is not None, mu_end=mu_end, normalize=request.normalize, eps=request.eps,
+        chunk_size=request.chunk_size, out_dtype=request.dtype,
+    )  # fmt: skip
+
+
+def _half_weights(x: Any, xp: Any) -> Any:
+    """[..., T] -> [..., T, 2]: (cos, sin)(pi x / 2), the two halves of the proportion weight."""
+    angle = (math.pi / 2) * x
+    return xp.stack([xp.cos(angle), xp.sin(angle)], axis=-1)
+
+
+def pack_state(state: State | None, request: Request, work: Any) -> tuple[Any, Any]:
+    """State (S [.., H*D, e], z [.., H*D]) -> SZ [B, D, H*(e+1)] and log scale [B] (-inf when empty)."""
+    xp, batch = request.xp, request.batch_shape
+    halves, e = request.halves, request.e
+    size = request.feature_size // halves
+    if state is None:
+        zeros = xp.zeros((*batch, size, halves * (e + 1)), dtype=work, device=request.device)
+        return zeros, xp.full(batch, -math.inf, dtype=work, device=request.device)
+    S = xp.broadcast_to(xp.astype(state.S, work), (*batch, halves * size, e))
+    z = xp.broadcast_to(xp.astype(state.z, work), (*batch, halves * size))
+    sz = xp.concat([S, z[..., None]], axis=-1)
+    sz = xp.reshape(sz, (*batch, halves, size, e + 1))
+    sz = xp.permute_dims(sz, (*range(len(batch)), len(batch) + 1, len(batch), len(batch) + 2))
+    packed = xp.reshape(sz, (*batch, size, halves * (e + 1)))
+    return packed, xp.broadcast_to(xp.astype(state.log_scale, work), batch)
+
+
+def unpack_state(packed: Any, scale: Any, prepared: Prepared) -> State:
+    """SZ [B, D, H*(e+1)] and log scale [B] -> State, with the final rotary angle."""
+    xp, halves, e = prepared.xp, prepared.halves, prepared.e
+    batch, size = packed.shape[:-2], packed.shape[-2]
+    sz = xp.reshape(packed, (*batch, size, halves, e + 1))
+    sz = xp.permute_dims(sz, (*range(len(batch)), len(batch) + 1, len(batch), len(batch) + 2))
+    sz = xp.reshape(sz, (*batch, halves * size, e + 1))
+    return State(S=sz[..., :e], z=sz[..., e], mu=prepared.mu_end, log_scale=scale)

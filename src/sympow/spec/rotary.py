@@ -1,0 +1,97 @@
+"""Rotary embeddings, fixed or data-dependent (math.md section 3).
+
+mu_t = mu_0 + sum_{l<=t} w_l is accumulated in float64 where the namespace has it. Where it does not (JAX
+without x64), the sum is a log-depth prefix scan of double-float pairs (hi, lo): every addition is
+error-free (TwoSum) and every partial sum is reduced modulo 2 pi, so the phase stays exact to about 1e-7
+radians however long the sequence. The rotation of the pair (x, y) by mu is
+(x cos mu - y sin mu, x sin mu + y cos mu), pairing (x_m, x_{m+d/2}) ("half") or (x_{2m}, x_{2m+1})
+("interleaved").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from array_api_compat import device, is_jax_namespace
+
+LAYOUTS = ("half", "interleaved")
+TWO_PI = 2.0 * math.pi
+
+
+def has_float64(xp: Any) -> bool:
+    """Whether float64 arrays of ``xp`` really hold float64 (JAX only with x64 enabled)."""
+    if is_jax_namespace(xp):
+        import jax  # already imported: a JAX array reached us
+
+        return bool(jax.config.jax_enable_x64)
+    return True
+
+
+def accumulate_angles(
+    increments: Any, mu0: Any, xp: Any, *, float64: bool | None = None
+) -> tuple[Any, Any]:
+    """Angles mu [..., T, d/2] and the final angle reduced modulo 2 pi [..., d/2].
+
+    ``increments`` [..., T, d/2]; ``mu0`` [..., d/2] or None (zero). Both results are float64 where the
+    namespace has it (or ``float64`` forces the choice), else float32 from the compensated scan.
+    """
+    if has_float64(xp) if float64 is None else float64:
+        total = xp.astype(increments, xp.float64)
+        if mu0 is not None:
+            total = xp.concat([xp.astype(mu0, xp.float64)[..., None, :], total], axis=-2)
+        mu = xp.cumulative_sum(total, axis=-2)
+        if mu0 is not None:
+            mu = mu[..., 1:, :]
+        return mu, _wrap(mu[..., -1, :], xp)
+    return _compensated_angles(increments, mu0, xp)
+
+
+def _wrap(angle: Any, xp: Any) -> Any:
+    """angle reduced to [-pi, pi)."""
+    return angle - TWO_PI * xp.round(angle / TWO_PI)
+
+
+def _two_sum(a: Any, b: Any) -> tuple[Any, Any]:
+    """s, err with s + err == a + b exactly (Knuth's TwoSum)."""
+    s = a + b
+    b_virtual = s - a
+    return s, (a - (s - b_virtual)) + (b - b_virtual)
+
+
+def _compensated_angles(increments: Any, mu0: Any, xp: Any) -> tuple[Any, Any]:
+    two_pi_hi = float(xp.asarray(TWO_PI, dtype=xp.float32))
+    two_pi_lo = TWO_PI - two_pi_hi
+    hi = _wrap(xp.astype(increments, xp.float32), xp)
+    if mu0 is not None:
+        hi = xp.concat([_wrap(xp.astype(mu0, xp.float32), xp)[..., None, :], hi], axis=-2)
+    lo = xp.zeros_like(hi)
+    length = hi.shape[-2]
+    shift = 1
+    while shift < length:
+        pad = xp.zeros((*hi.shape[:-2], shift, hi.shape[-1]), dtype=hi.dtype, device=device(hi))
+        hi_prev = xp.concat([pad, hi[..., : length - shift, :]], axis=-2)
+        lo_prev = xp.concat([pad, lo[..., : length - shift, :]], axis=-2)
+        s, err = _two_sum(hi, hi_prev)
+        lo = lo + lo_prev + err
+        turns = xp.round(s / two_pi_hi)  # in {-1, 0, 1}: both operands were reduced
+        s = s - turns * two_pi_hi  # exact: turns is 0 or +-1
+        lo = lo - turns * two_pi_lo
+        hi = s + lo
+        lo = lo - (hi - s)
+        shift *= 2
+    if mu0 is not None:
+        hi, lo = hi[..., 1:, :], lo[..., 1:, :]
+    mu = hi + lo
+    return mu, _wrap(mu[..., -1, :], xp)
+
+
+def rotate(x: Any, cos: Any, sin: Any, layout: str, xp: Any) -> Any:
+    """R(mu) x on the last axis: x [..., T, d], cos and sin of mu [..., T, d/2]."""
+    half = x.shape[-1] // 2
+    if layout == "half":
+        x1, x2 = x[..., :half], x[..., half:]
+        return xp.concat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    pairs = xp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    return xp.reshape(pairs, (*pairs.shape[:-2], 2 * half))

@@ -1,0 +1,242 @@
+"""Hypothesis strategies for sympow (public: ports of the library reuse them).
+
+Shapes follow the test plan: T in 1..200, d in 2..16 (even where rotary is used), e in 1..8, p in
+1..6, chunk_size in 1..T+3, and 0..2 leading batch axes of size 1..3. Arrays are never drawn element
+by element: a case draws a seed and builds its inputs with ``make_inputs`` (bounded normal and
+uniform values), which keeps example generation fast and the failing example reproducible from the
+seed that Hypothesis prints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from hypothesis import strategies as st
+
+from .inputs import convert, make_inputs
+
+KERNELS = ("sympow", "taylor", "relu", "identity")
+FORMS = ("parallel", "recurrent", "chunked")
+LAYOUTS = ("half", "interleaved")
+DTYPES = ("float64", "float32")
+
+MAX_SEED = 2**32 - 1
+
+
+def batch_shapes(*, max_axes: int = 2, max_size: int = 3) -> st.SearchStrategy[tuple[int, ...]]:
+    """Leading batch axes: 0..max_axes axes, each of size 1..max_size."""
+    return st.lists(st.integers(1, max_size), max_size=max_axes).map(tuple)
+
+
+def seq_lengths(*, min_T: int = 1, max_T: int = 200) -> st.SearchStrategy[int]:
+    return st.integers(min_T, max_T)
+
+
+def head_dims(*, min_d: int = 2, max_d: int = 16, even: bool = False) -> st.SearchStrategy[int]:
+    if even:
+        return st.integers((min_d + 1) // 2, max_d // 2).map(lambda h: 2 * h)
+    return st.integers(min_d, max_d)
+
+
+def value_dims(*, max_e: int = 8) -> st.SearchStrategy[int]:
+    return st.integers(1, max_e)
+
+
+def powers(*, max_p: int = 6, even: bool | None = None) -> st.SearchStrategy[int]:
+    """p in 1..max_p; only even (or only odd) ones when ``even`` is True (False)."""
+    if even is None:
+        return st.integers(1, max_p)
+    if even:
+        return st.integers(1, max_p // 2).map(lambda n: 2 * n)
+    return st.integers(0, (max_p - 1) // 2).map(lambda n: 2 * n + 1)
+
+
+def chunk_sizes(T: int) -> st.SearchStrategy[int]:
+    """chunk_size in 1..T+3 (sizes past T make one partial chunk)."""
+    return st.integers(1, T + 3)
+
+
+def seeds() -> st.SearchStrategy[int]:
+    return st.integers(0, MAX_SEED)
+
+
+def feature_size(kernel: str, d: int, p: int) -> int:
+    """D of a kernel's exact feature map (without the proportions doubling)."""
+    if kernel == "sympow":
+        return math.comb(d + p - 1, p)
+    if kernel == "taylor":
+        return math.comb(d + p, p)
+    return d
+
+
+def normalizable(kernel: str, p: int) -> bool:
+    """Whether normalised output is allowed: kappa >= 0 for every score (even sympow, relu)."""
+    return kernel == "relu" or (kernel == "sympow" and p % 2 == 0)
+
+
+@dataclass(frozen=True)
+class AttentionCase:
+    """One drawn attention problem: NumPy inputs (already rounded to ``dtype``) and the options."""
+
+    inputs: dict[str, Any] = field(repr=False)
+    batch: tuple[int, ...]
+    T: int
+    d: int
+    e: int
+    seed: int
+    kernel: str
+    power: int
+    normalize: bool
+    scale: float | None
+    eps: float
+    rotary_layout: str
+    chunk_size: int
+    dtype: str
+
+    @property
+    def id(self) -> str:
+        return case_id(self.batch, self.T, self.d)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The keyword options of ``sympow.attention`` other than arrays and form."""
+        return {
+            "kernel": self.kernel,
+            "power": self.power,
+            "scale": self.scale,
+            "normalize": self.normalize,
+            "eps": self.eps,
+            "rotary_layout": self.rotary_layout,
+        }
+
+    def arrays(self, xp: Any, dtype: str | None = None) -> dict[str, Any]:
+        return convert(self.inputs, xp, dtype or self.dtype)
+
+    def call(
+        self,
+        attention: Callable[..., Any],
+        xp: Any,
+        *,
+        dtype: str | None = None,
+        inputs: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> Any:
+        """attention(q, k, v, ...) on this case's inputs (or ``inputs``) converted to ``xp``."""
+        arrays = convert(self.inputs if inputs is None else inputs, xp, dtype or self.dtype)
+        kwargs = {
+            **self.options,
+            "chunk_size": self.chunk_size,
+            "log_gate": arrays.get("log_gate"),
+            "proportions": arrays.get("proportions"),
+            "rotary": arrays.get("rotary"),
+        }
+        kwargs.update(overrides)
+        return attention(arrays["q"], arrays["k"], arrays["v"], **kwargs)
+
+    def with_inputs(self, **changes: Any) -> AttentionCase:
+        return replace(self, inputs={**self.inputs, **changes})
+
+
+def case_id(batch: Sequence[int], T: int, d: int) -> str:
+    """Readable id: B{batch}-T{T}-D{d}, batch as 2x3 (or 0 for none)."""
+    b = "x".join(str(n) for n in batch) or "0"
+    return f"B{b}-T{T}-D{d}"
+
+
+def _flag(draw: Any, value: bool | None) -> bool:
+    return draw(st.booleans()) if value is None else value
+
+
+@st.composite
+def attention_cases(
+    draw: Any,
+    *,
+    kernels: Sequence[str] = KERNELS,
+    dtypes: Sequence[str] = DTYPES,
+    min_T: int = 1,
+    max_T: int = 200,
+    min_d: int = 2,
+    max_d: int = 16,
+    max_e: int = 8,
+    max_p: int = 6,
+    max_batch_axes: int = 2,
+    max_features: int = 2048,
+    normalize: bool | None = None,
+    gate: bool | None = None,
+    rotary: bool | None = None,
+    proportions: bool | None = None,
+    scale: bool | None = None,
+    eps: bool | None = None,
+    even_power: bool | None = None,
+    gate_min: float = -1.0,
+    q_scale: float = 1.0,
+) -> AttentionCase:
+    """A seeded attention problem.
+
+    Flags left as None are drawn. ``normalize=True`` restricts the kernel and power to those that
+    allow it (even sympow powers, relu); ``normalize=None`` draws it where allowed. ``scale`` and
+    ``eps`` say whether an explicit scale in [0.1, 1.5] and a positive eps (normalised only) are used.
+    ``max_features`` caps the kernel's feature size by shrinking d, so that feature forms stay fast
+    (every d and p remain reachable, just not all together).
+    """
+    kernel = draw(st.sampled_from(list(kernels)))
+    if normalize is True and kernel in ("taylor", "identity"):
+        kernel = "sympow"
+    if kernel in ("sympow", "taylor"):
+        want_even = even_power
+        if normalize is True and kernel == "sympow":
+            want_even = True
+        power = draw(powers(max_p=max_p, even=want_even))
+    else:
+        power = 1
+    use_rotary = _flag(draw, rotary)
+    T = draw(seq_lengths(min_T=min_T, max_T=max_T))
+    d = draw(head_dims(min_d=min_d, max_d=max_d, even=use_rotary))
+    step = 2 if use_rotary else 1
+    while d - step >= min_d and feature_size(kernel, d, power) > max_features:
+        d -= step
+    e = draw(value_dims(max_e=max_e))
+    batch = draw(batch_shapes(max_axes=max_batch_axes))
+    norm = normalize if normalize is not None else False
+    if normalize is None and normalizable(kernel, power):
+        norm = draw(st.booleans())
+    scale_value = draw(st.floats(0.1, 1.5)) if _flag(draw, scale) else None
+    eps_value = 0.0
+    if norm and _flag(draw, eps):
+        eps_value = draw(st.sampled_from([1e-6, 1e-3, 0.5]))
+    layout = draw(st.sampled_from(LAYOUTS))
+    chunk = draw(chunk_sizes(T))
+    dtype = draw(st.sampled_from(list(dtypes)))
+    seed = draw(seeds())
+    inputs = make_inputs(
+        batch=batch,
+        T=T,
+        d=d,
+        e=e,
+        seed=seed,
+        gate=_flag(draw, gate),
+        gate_min=gate_min,
+        rotary=use_rotary,
+        proportions=_flag(draw, proportions),
+        q_scale=q_scale,
+        dtype=dtype,
+    )
+    return AttentionCase(
+        inputs=inputs,
+        batch=batch,
+        T=T,
+        d=d,
+        e=e,
+        seed=seed,
+        kernel=kernel,
+        power=power,
+        normalize=norm,
+        scale=scale_value,
+        eps=eps_value,
+        rotary_layout=layout,
+        chunk_size=chunk,
+        dtype=dtype,
+    )
