@@ -5,7 +5,16 @@ Registered here by name only; a backend's module is imported the first time it i
 
 from __future__ import annotations
 
-from .registry import ENVIRONMENT_VARIABLE, Availability, Backend, available, register, registered, select, use
+from .registry import (
+    ENVIRONMENT_VARIABLE,
+    Availability,
+    Backend,
+    available,
+    register,
+    registered,
+    select,
+    use,
+)
 
 __all__ = [
     "ENVIRONMENT_VARIABLE", "Availability", "Backend", "available", "register", "registered",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..spec import Request, State, run as run_reference
+from ..spec import Request, State
+from ..spec import run as run_reference
 
 
 def supports(request: Request) -> str | None:

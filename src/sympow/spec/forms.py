@@ -3,7 +3,8 @@
 - parallel: the masked, weighted T x T score matrix (``steps.attend``), in blocks of query rows so that
   memory stays O(T * rows); the initial state is queried, and the final state built, as one chunk.
 - recurrent: S <- gamma_t S + phi(k~_t) v_t^T, z <- gamma_t z + phi(k~_t), y_t = phi(q~_t)^T S / (...),
-  token by token, the state kept as exp(M) SZ with M <- max(M + g_t, lam_t).
+  token by token, the state kept as exp(M) SZ with M <- max(M + g_t, lam_t); token t's own term is
+  taken from its score.
 - chunked(C): the four steps of ``steps`` over chunks of C tokens (the last may be shorter).
 
 ``choose_form`` is the FLOP model of section 6: parallel costs about T (d+e) per token, chunked about
@@ -23,7 +24,9 @@ from .state import State
 from .steps import attend, chunk_states, finish, finite_or_zero, merge, query_states, scan_states
 from .weights import prefix_sums, segment_sums, suffix_sums
 
-ROW_BLOCK_ELEMENTS = 1 << 22  # score-matrix entries per batch entry in one block of the parallel form
+ROW_BLOCK_ELEMENTS = (
+    1 << 22
+)  # score-matrix entries per batch entry in one block of the parallel form
 Result = tuple[Any, State | None]
 
 
@@ -50,7 +53,10 @@ def _rows(x: Any, r0: int, r1: int) -> Any:
 def _final_state(p: Prepared, g: Any, k_features: Any, k_lam: Any) -> State:
     """The initial state decayed by every gate, plus the whole sequence as one chunk."""
     xp = p.xp
-    states, scales = chunk_states(k_features, k_lam, suffix_sums(g, xp), p.v, p.key_weight, xp)
+    g = p.for_state(g)
+    states, scales = chunk_states(
+        k_features, k_lam, suffix_sums(g, xp), p.for_state(p.v), p.for_state(p.key_weight), xp
+    )
     total = xp.sum(g, axis=-1)
     _, _, final, final_scale = scan_states(
         states[..., None, :, :], scales[..., None], total[..., None], p.initial, p.initial_scale, xp
@@ -63,8 +69,9 @@ def parallel(p: Prepared, return_state: bool) -> Result:
     g = _gates(p)
     rows = max(1, min(T, ROW_BLOCK_ELEMENTS // T))
     if p.resumed:
-        q_features, q_lam = scaled(p.kernel, p.yq, xp)
-        from_start = prefix_sums(g, xp)
+        q_features, q_lam = scaled(p.kernel, p.for_state(p.yq), xp)
+        from_start = prefix_sums(p.for_state(g), xp)
+        query_weight = p.for_state(p.query_weight)
     outputs = []
     for r0 in range(0, T, rows):
         r1 = min(T, r0 + rows)
@@ -76,35 +83,59 @@ def parallel(p: Prepared, return_state: bool) -> Result:
             log_weight = xp.concat([earlier, log_weight], axis=-1)
         weight = None if p.a is None else _proportion_matrix(p.a[..., r0:r1], p.b[..., :r1], xp)
         partial = attend(
-            p.kernel, p.yq[..., r0:r1, :], p.yk[..., :r1, :], p.v[..., :r1, :], log_weight, weight, xp
+            p.kernel,
+            p.yq[..., r0:r1, :],
+            p.yk[..., :r1, :],
+            p.v[..., :r1, :],
+            log_weight,
+            weight,
+            xp,
         )
         if p.resumed:
             from_state = query_states(
                 q_features[..., r0:r1, :], q_lam[..., r0:r1], from_start[..., r0:r1], p.initial,
-                p.initial_scale, _rows(p.query_weight, r0, r1), p.e, xp,
+                p.initial_scale, _rows(query_weight, r0, r1), p.e, xp,
             )  # fmt: skip
-            partial = merge(partial, from_state, xp)
+            partial = merge(partial, p.back(from_state), xp)
         outputs.append(finish(partial, p.normalize, p.eps, xp))
     y = outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=-2)
     if not return_state:
         return y, None
-    return y, _final_state(p, g, *scaled(p.kernel, p.yk, xp))
+    return y, _final_state(p, g, *scaled(p.kernel, p.for_state(p.yk), xp))
 
 
 def recurrent(p: Prepared, return_state: bool) -> Result:
+    """Token by token: y_t from the state after t-1 (decayed by g_t) plus token t's own term, the
+    latter from its score kappa(s_tt) as inside a chunk, which is better conditioned in float32 than
+    phi(q~_t).phi(k~_t) for high powers; then S <- gamma_t S + phi(k~_t) v_t^T."""
     xp, e = p.xp, p.e
     g = _gates(p)
-    q_features, q_lam = scaled(p.kernel, p.yq, xp)
-    k_features, k_lam = scaled(p.kernel, p.yk, xp)
-    ones = xp.ones((*p.v.shape[:-1], 1), dtype=p.v.dtype, device=device(p.v))
-    values = xp.concat([p.v, ones], axis=-1)  # (v_t | 1)
+    g_state, query_weight = p.for_state(g), p.for_state(p.query_weight)
+    q_features, q_lam = scaled(p.kernel, p.for_state(p.yq), xp)
+    k_features, k_lam = scaled(p.kernel, p.for_state(p.yk), xp)
+    v = p.for_state(p.v)
+    values = xp.concat([v, xp.ones_like(v[..., :1])], axis=-1)  # (v_t | 1)
     if p.key_weight is not None:
-        values = xp.concat([values * p.key_weight[..., h : h + 1] for h in range(p.halves)], axis=-1)
+        key_weight = p.for_state(p.key_weight)
+        values = xp.concat([values * key_weight[..., h : h + 1] for h in range(p.halves)], axis=-1)
+    own_weight = None
+    if p.a is not None:
+        own_weight = xp.cos((math.pi / 2) * (p.a - p.b))[..., None, None]
+    no_decay = xp.zeros_like(p.yq[..., :1, :1])
     state, scale = p.initial, p.initial_scale
-    no_decay = xp.zeros_like(q_lam[..., :1])
     outputs = []
     for t in range(p.T):
-        decayed = scale + g[..., t]
+        decayed = scale + g_state[..., t]
+        token = slice(t, t + 1)
+        own = attend(
+            p.kernel, p.yq[..., token, :], p.yk[..., token, :], p.v[..., token, :], no_decay,
+            None if own_weight is None else own_weight[..., t, :, :], xp,
+        )  # fmt: skip
+        past = query_states(
+            q_features[..., token, :], q_lam[..., token], g_state[..., token], state, scale,
+            _rows(query_weight, t, t + 1), e, xp,
+        )  # fmt: skip
+        outputs.append(finish(merge(own, p.back(past), xp), p.normalize, p.eps, xp))
         new_scale = xp.maximum(decayed, k_lam[..., t])
         reference = finite_or_zero(new_scale, xp)
         update = k_features[..., t, :, None] * values[..., t, None, :]
@@ -113,11 +144,6 @@ def recurrent(p: Prepared, return_state: bool) -> Result:
             + xp.exp(k_lam[..., t] - reference)[..., None, None] * update
         )
         scale = new_scale
-        partial = query_states(
-            q_features[..., t : t + 1, :], q_lam[..., t : t + 1], no_decay, state, scale,
-            _rows(p.query_weight, t, t + 1), e, xp,
-        )  # fmt: skip
-        outputs.append(finish(partial, p.normalize, p.eps, xp))
     y = xp.concat(outputs, axis=-2)
     return y, unpack_state(state, scale, p) if return_state else None
 
@@ -149,20 +175,24 @@ def chunked(p: Prepared, return_state: bool) -> Result:
         weight = _proportion_matrix(a, b, xp)
     intra = attend(p.kernel, yq, yk, v, segment_sums(g, xp), weight, xp)
     # 2. chunk states; padding keys (past T) get weight exp(-inf) = 0
-    k_features, k_lam = scaled(p.kernel, yk, xp)
+    g = p.for_state(g)
+    k_features, k_lam = scaled(p.kernel, p.for_state(yk), xp)
     valid = xp.arange(n * size, device=device(g)) < T
     to_end = xp.where(xp.reshape(valid, (n, size)), suffix_sums(g, xp), xp.full_like(g, -math.inf))
-    states, scales = chunk_states(k_features, k_lam, to_end, v, key_weight, xp)
+    states, scales = chunk_states(
+        k_features, k_lam, to_end, p.for_state(v), p.for_state(key_weight), xp
+    )
     # 3. discounted scan across chunks
     entering, entering_scale, final, final_scale = scan_states(
         states, scales, xp.sum(g, axis=-1), p.initial, p.initial_scale, xp
     )
     # 4. query of the state entering each chunk
-    q_features, q_lam = scaled(p.kernel, yq, xp)
+    q_features, q_lam = scaled(p.kernel, p.for_state(yq), xp)
     inter = query_states(
-        q_features, q_lam, prefix_sums(g, xp), entering, entering_scale, query_weight, e, xp
-    )
-    y = finish(merge(intra, inter, xp), p.normalize, p.eps, xp)
+        q_features, q_lam, prefix_sums(g, xp), entering, entering_scale,
+        p.for_state(query_weight), e, xp,
+    )  # fmt: skip
+    y = finish(merge(intra, p.back(inter), xp), p.normalize, p.eps, xp)
     y = xp.reshape(y, (*y.shape[:-3], n * size, e))[..., :T, :]
     return y, unpack_state(final, final_scale, p) if return_state else None
 

@@ -59,13 +59,34 @@ def _two_sum(a: Any, b: Any) -> tuple[Any, Any]:
     return s, (a - (s - b_virtual)) + (b - b_virtual)
 
 
+# 2 pi = C1 + C2 + C3 with C1 and C2 of 12 significant bits: n * C1 and n * C2 are exact in float32 for
+# |n| < 2^12 (increments up to about 25000 radians), so reducing an increment loses nothing (Cody-Waite).
+
+
+def _leading_bits(x: float, bits: int) -> float:
+    mantissa, exponent = math.frexp(x)
+    return math.ldexp(round(mantissa * 2**bits), exponent - bits)
+
+
+_C1 = _leading_bits(TWO_PI, 12)
+_C2 = _leading_bits(TWO_PI - _C1, 12)
+_C3 = TWO_PI - _C1 - _C2
+
+
+def _reduce(x: Any, xp: Any) -> tuple[Any, Any]:
+    """(hi, lo) float32 with hi + lo = x - 2 pi n to about 1e-14, n = round(x / 2 pi)."""
+    turns = xp.round(x / _C1)
+    hi = x - turns * _C1  # exact
+    hi, lo = _two_sum(hi, -turns * _C2)
+    return hi, lo - turns * _C3
+
+
 def _compensated_angles(increments: Any, mu0: Any, xp: Any) -> tuple[Any, Any]:
-    two_pi_hi = float(xp.asarray(TWO_PI, dtype=xp.float32))
-    two_pi_lo = TWO_PI - two_pi_hi
-    hi = _wrap(xp.astype(increments, xp.float32), xp)
+    """Prefix sums of double-float pairs by a Hillis-Steele scan, each partial sum reduced mod 2 pi."""
+    hi = xp.astype(increments, xp.float32)
     if mu0 is not None:
-        hi = xp.concat([_wrap(xp.astype(mu0, xp.float32), xp)[..., None, :], hi], axis=-2)
-    lo = xp.zeros_like(hi)
+        hi = xp.concat([xp.astype(mu0, xp.float32)[..., None, :], hi], axis=-2)
+    hi, lo = _reduce(hi, xp)
     length = hi.shape[-2]
     shift = 1
     while shift < length:
@@ -74,9 +95,9 @@ def _compensated_angles(increments: Any, mu0: Any, xp: Any) -> tuple[Any, Any]:
         lo_prev = xp.concat([pad, lo[..., : length - shift, :]], axis=-2)
         s, err = _two_sum(hi, hi_prev)
         lo = lo + lo_prev + err
-        turns = xp.round(s / two_pi_hi)  # in {-1, 0, 1}: both operands were reduced
-        s = s - turns * two_pi_hi  # exact: turns is 0 or +-1
-        lo = lo - turns * two_pi_lo
+        turns = xp.round(s / _C1)  # in {-1, 0, 1}: both operands were reduced
+        s = s - turns * _C1  # exact
+        lo = lo - turns * (_C2 + _C3)
         hi = s + lo
         lo = lo - (hi - s)
         shift *= 2

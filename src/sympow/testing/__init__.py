@@ -1,7 +1,8 @@
 """Shared test and benchmark helpers: one tolerance table and one input factory.
 
-``TOLERANCES`` and ``tolerance`` give the accepted error by dtype name, measured as in ``assert_close``:
-the largest absolute error relative to max |v| for normalised output and to max |y_ref| otherwise.
+``TOLERANCES`` and ``tolerance`` give the accepted error by dtype name, measured as in
+``assert_close``: the largest absolute error relative to max |v| for normalised output and to
+max |y_ref| otherwise.
 ``make_inputs`` builds seeded NumPy inputs (q, k, v and optional gates, rotary increments and
 proportions) and ``convert`` moves them to another array namespace. Hypothesis strategies live in
 ``sympow.testing.strategies``, which is not imported here so that Hypothesis stays optional.

@@ -2,7 +2,8 @@
 
 ``make_inputs`` draws seeded NumPy inputs; each kind of input comes from its own child generator of
 the seed, so switching gating, rotary or proportions on or off leaves the other arrays unchanged.
-``convert`` moves such a dict to another namespace (NumPy, PyTorch, JAX, array-api-strict) and dtype.
+``convert`` moves such a dict to another namespace (NumPy, PyTorch, JAX, array-api-strict)
+and dtype.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def make_inputs(
     [*batch, T, e] (standard normal); with ``gate``, ``log_gate`` [*batch, T] uniform in
     [gate_min, 0]; with ``rotary``, ``rotary`` [*batch, T, d // 2] (normal times ``rotary_scale``);
     with ``proportions``, ``proportions`` = (a, b), each [*batch, T] uniform in [0, 1]. Arrays are
-    drawn in float64 and then cast to ``dtype`` (a NumPy dtype name), so a float32 set is the float64
-    set rounded.
+    drawn in float64 and then cast to ``dtype`` (a NumPy dtype name), so a float32 set is the
+    float64 set rounded.
     """
     batch = tuple(int(n) for n in batch)
     if gate_min > 0:
@@ -77,17 +78,17 @@ def make_inputs(
 
 
 def namespace(xp: Any) -> Any:
-    """The namespace module for ``xp`` given as a module or a name ("numpy", "torch", "jax", ...)."""
+    """The namespace module for ``xp``, given as a module or a name ("numpy", "jax", ...)."""
     if isinstance(xp, str):
         return importlib.import_module(_NAMESPACE_MODULES.get(xp, xp))
     return xp
 
 
 def convert(inputs: dict[str, Any], xp: Any, dtype: str = "float64") -> dict[str, Any]:
-    """``inputs`` (a dict of NumPy arrays, tuples of them, or None) as arrays of ``xp`` of ``dtype``.
+    """``inputs`` (NumPy arrays, tuples of them, or None) as arrays of ``xp`` of ``dtype``.
 
-    ``xp`` is a namespace module (numpy, torch, jax.numpy, array_api_strict) or its name; ``dtype`` a
-    dtype name ("float32", "float64"). Tuples stay tuples; other values pass through.
+    ``xp`` is a namespace module (numpy, torch, jax.numpy, array_api_strict) or its name;
+    ``dtype`` a dtype name ("float32", "float64"). Tuples stay tuples; other values pass through.
     """
     xp = namespace(xp)
     target = getattr(xp, dtype)

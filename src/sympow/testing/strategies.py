@@ -178,7 +178,8 @@ def attention_cases(
 
     Flags left as None are drawn. ``normalize=True`` restricts the kernel and power to those that
     allow it (even sympow powers, relu); ``normalize=None`` draws it where allowed. ``scale`` and
-    ``eps`` say whether an explicit scale in [0.1, 1.5] and a positive eps (normalised only) are used.
+    ``eps`` say whether an explicit scale in [0.1, 1.5] and a positive eps (normalised only)
+    are used.
     ``max_features`` caps the kernel's feature size by shrinking d, so that feature forms stay fast
     (every d and p remain reachable, just not all together).
     """

@@ -1,13 +1,13 @@
 """The one tolerance table, by dtype name, shared by the tests and the benchmarks.
 
-An output ``y`` is compared with a reference ``y_ref`` (float64, computed on the same inputs rounded to
-the tested dtype) by
+An output ``y`` is compared with a reference ``y_ref`` (float64, computed on the same inputs rounded
+to the tested dtype) by
 
     normalised output:    max |y - y_ref| / max(max |v|, tiny)
     unnormalised output:  max |y - y_ref| / max(max |y_ref|, tiny)
 
-and the error must not exceed ``tolerance(dtype_name)``. Normalised outputs are convex combinations of
-the rows of v, hence the scale max |v| (math.md: "float32 to about 1e-4 relative to max |v|").
+and the error must not exceed ``tolerance(dtype_name)``. Normalised outputs are convex combinations
+of the rows of v, hence the scale max |v| (math.md: "float32 to about 1e-4 relative to max |v|").
 """
 
 from __future__ import annotations
@@ -28,12 +28,14 @@ TINY = float(np.finfo(np.float64).tiny)
 
 
 def tolerance(dtype_name: str) -> float:
-    """The accepted relative error for outputs of dtype ``dtype_name`` ("float32", "float64", ...)."""
+    """The accepted relative error for outputs of dtype ``dtype_name`` ("float32", ...)."""
     name = str(dtype_name).rsplit(".", 1)[-1]
     try:
         return TOLERANCES[name]
     except KeyError:
-        raise ValueError(f"no tolerance for dtype {dtype_name!r}; known: {sorted(TOLERANCES)}") from None
+        raise ValueError(
+            f"no tolerance for dtype {dtype_name!r}; known: {sorted(TOLERANCES)}"
+        ) from None
 
 
 def dtype_name(x: Any) -> str:
@@ -97,7 +99,8 @@ def assert_close(
     if not np.isfinite(y_np).all():
         bad = np.argwhere(~np.isfinite(y_np))
         raise AssertionError(
-            f"{prefix}{len(bad)} non-finite entries, first at {tuple(bad[0])}: {y_np[tuple(bad[0])]}"
+            f"{prefix}{len(bad)} non-finite entries, first at {tuple(bad[0])}: "
+            f"{y_np[tuple(bad[0])]}"
         )
     err = relative_error(y_np, y_ref_np, v, normalize=normalize)
     if not err <= tol:
