@@ -4,8 +4,8 @@ Dtype rule (math.md section 7): scores inside a block are computed in float32 fo
 float32 inputs and in float64 for float64; the output is cast back to the input dtype. The state path
 (features, S, z) accumulates in float64 wherever the namespace has it, else float32: phi(q).S sums terms
 of both signs whose total, (u_q . u_k)^p for high p, can be far smaller than they are, and float32
-features then lose it (measured: errors of 4e-2 at p = 8 in float32, gone in float64). Rotary angles are accumulated in float64
-where the namespace has it. Every array is broadcast to the common batch shape here.
+features then lose it (measured: errors of 4e-2 at p = 8 in float32, gone in float64). Rotary angles are
+accumulated in float64 where the namespace has it. Every array is broadcast to the common batch shape here.
 """
 
 from __future__ import annotations
@@ -115,8 +115,9 @@ def prepare(request: Request) -> Prepared:
     return Prepared(
         xp=xp, kernel=request.kernel, yq=q * root_scale, yk=k * root_scale, v=v, g=g, a=a, b=b,
         query_weight=query_weight, key_weight=key_weight, initial=initial,
-        initial_scale=initial_scale, resumed=state is not None, mu_end=mu_end, normalize=request.normalize, eps=request.eps,
-        chunk_size=request.chunk_size, out_dtype=request.dtype, state_dtype=state_dtype,
+        initial_scale=initial_scale, resumed=state is not None, mu_end=mu_end,
+        normalize=request.normalize, eps=request.eps, chunk_size=request.chunk_size,
+        out_dtype=request.dtype, state_dtype=state_dtype,
     )  # fmt: skip
 
 
