@@ -144,7 +144,7 @@ def _check_array(name: str, x: Any, xp: Any, dev: Any, min_ndim: int) -> None:
         )
     if not xp.isdtype(x.dtype, "real floating"):
         raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
-    if device(x) != dev:
+    if device(x) != dev and None not in (device(x), dev):  # a traced JAX array has no device
         raise ValueError(f"{name} is on device {device(x)} but q is on {dev}; expected one device")
     if x.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} axes, got shape {_shape(x)}")

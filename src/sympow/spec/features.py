@@ -23,7 +23,7 @@ import math
 from functools import lru_cache
 from typing import Any
 
-from array_api_compat import array_namespace, device
+from array_api_compat import array_namespace, device, is_lazy_array
 
 from .kernel import Kernel
 
@@ -48,16 +48,19 @@ _device_tables: dict[tuple[Any, ...], tuple[list[Any], Any]] = {}
 
 
 def _tables_on(xp: Any, dev: Any, dtype: Any, d: int, p: int) -> tuple[list[Any], Any]:
-    """The index columns and coefficients of phi_p as arrays of ``xp`` on ``dev``, cached."""
+    """The index columns and coefficients of phi_p as arrays of ``xp`` on ``dev``, cached when concrete
+    (arrays made while JAX traces a function are that trace's own and are not kept)."""
     key = (xp.__name__, str(dev), str(dtype), d, p)
-    if key not in _device_tables:
-        indices, coefficients = feature_table(d, p)
-        columns = [
-            xp.asarray([multiset[r] for multiset in indices], dtype=xp.int64, device=dev)
-            for r in range(p)
-        ]
-        _device_tables[key] = (columns, xp.asarray(coefficients, dtype=dtype, device=dev))
-    return _device_tables[key]
+    if key in _device_tables:
+        return _device_tables[key]
+    indices, coefficients = feature_table(d, p)
+    columns = [
+        xp.asarray([multiset[r] for multiset in indices], dtype=xp.int64, device=dev) for r in range(p)
+    ]
+    tables = (columns, xp.asarray(coefficients, dtype=dtype, device=dev))
+    if not is_lazy_array(tables[1]):
+        _device_tables[key] = tables
+    return tables
 
 
 def symmetric_power_features(x: Any, p: int, xp: Any = None) -> Any:
