@@ -6,6 +6,7 @@ Public names: ``attention``, ``State``, the named variants, ``backends``; see th
 from . import backends
 from .api import attention
 from .spec.state import State
+from .variants import based, conformal_sympow, leapformer, rebased
 
-__all__ = ["State", "attention", "backends"]
+__all__ = ["State", "attention", "backends", "based", "conformal_sympow", "leapformer", "rebased"]
 __version__ = "0.1.0"

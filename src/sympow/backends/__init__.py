@@ -32,3 +32,57 @@ register(
         description="the array-API specification (NumPy, PyTorch, JAX, CuPy, array-api-strict)",
     )
 )
+
+register(
+    Backend(
+        name="torch",
+        module="sympow.backends.torch_native",
+        libraries=("torch",),
+        requires=("torch",),
+        priority=10,
+        differentiable=True,
+        description="native PyTorch: batched matmuls, float32 state, autograd, torch.compile (CPU, CUDA)",
+    )
+)
+
+register(
+    Backend(
+        name="numba",
+        module="sympow.backends.numba_cuda",
+        libraries=("torch", "cupy", "numpy"),
+        requires=("numba",),
+        priority=5,
+        differentiable=False,
+        description=(
+            "Numba CUDA kernels, recurrent and chunked (PyTorch CUDA, CuPy; numpy only under "
+            "NUMBA_ENABLE_CUDASIM=1 inside use('numba'))"
+        ),
+    )
+)
+
+register(
+    Backend(
+        name="jax",
+        module="sympow.backends.jax_native",
+        libraries=("jax",),
+        requires=("jax",),
+        priority=10,
+        differentiable=True,
+        description="native JAX: jax.jit, lax.scan over chunks and tokens, jax.grad, jax.vmap",
+    )
+)
+
+register(
+    Backend(
+        name="cupy",
+        module="sympow.backends.cupy_kernels",
+        libraries=("cupy", "torch", "numba"),
+        requires=("cupy",),
+        priority=6,
+        differentiable=False,
+        description=(
+            "CUDA C kernels through cupy.RawModule, recurrent and chunked, sympow p = 1, 2, 4 "
+            "(CuPy, PyTorch CUDA by DLPack, Numba device arrays)"
+        ),
+    )
+)

@@ -11,6 +11,10 @@ W_j is the product of the gates after token j up to the end of the processed pre
 kept at a magnitude of about one and `log_scale` [...] carries their common scale, so that a state whose
 true entries are far outside float32's range (even powers of large scores) is still representable.
 `mu` is kept reduced modulo 2 pi, in float64 where the namespace has it.
+
+Dtype: the reference keeps S, z and log_scale in its accumulation dtype, float64 wherever the namespace has
+it (also for float32 or 16-bit inputs: see spec/prepare.py), float32 otherwise; native backends and GPU
+kernels keep float32. Any state is accepted by any form and backend and cast on entry.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from .inputs import convert, make_inputs
@@ -241,3 +242,34 @@ def attention_cases(
         chunk_size=chunk,
         dtype=dtype,
     )
+
+
+# Eager JAX compiles every primitive for every new shape (about a second per attention call on
+# fresh shapes), so property tests run fewer examples there: this fraction of the profile's count.
+SLOW_NAMESPACES = {"jax.numpy": 5, "jax": 5}
+
+
+def namespace_settings(xp: Any) -> settings:
+    """Settings of the loaded profile, with the example count divided by SLOW_NAMESPACES[xp]
+    (at least 3) for namespaces that are slow on fresh shapes."""
+    name = getattr(xp, "__name__", str(xp))
+    divisor = SLOW_NAMESPACES.get(name)
+    if divisor is None:
+        return settings()
+    return settings(max_examples=max(3, settings.default.max_examples // divisor))
+
+
+def given_for(xp: Any, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``@given(...)`` with ``namespace_settings(xp)``, for a property checked inside a test that
+    receives the namespace as a fixture:
+
+        def test_something(xp):
+            @given_for(xp, case=attention_cases())
+            def check(case): ...
+            check()
+    """
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        return namespace_settings(xp)(given(*args, **kwargs)(fn))
+
+    return decorate

@@ -33,9 +33,7 @@ def tolerance(dtype_name: str) -> float:
     try:
         return TOLERANCES[name]
     except KeyError:
-        raise ValueError(
-            f"no tolerance for dtype {dtype_name!r}; known: {sorted(TOLERANCES)}"
-        ) from None
+        raise ValueError(f"no tolerance for dtype {dtype_name!r}; known: {sorted(TOLERANCES)}") from None
 
 
 def dtype_name(x: Any) -> str:
@@ -99,8 +97,7 @@ def assert_close(
     if not np.isfinite(y_np).all():
         bad = np.argwhere(~np.isfinite(y_np))
         raise AssertionError(
-            f"{prefix}{len(bad)} non-finite entries, first at {tuple(bad[0])}: "
-            f"{y_np[tuple(bad[0])]}"
+            f"{prefix}{len(bad)} non-finite entries, first at {tuple(bad[0])}: {y_np[tuple(bad[0])]}"
         )
     err = relative_error(y_np, y_ref_np, v, normalize=normalize)
     if not err <= tol:
