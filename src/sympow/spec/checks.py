@@ -12,6 +12,7 @@ from typing import Any
 
 from array_api_compat import array_namespace, device
 
+from .concrete import is_concrete
 from .kernel import KERNELS, Kernel, make_kernel
 from .rotary import LAYOUTS
 from .state import State
@@ -152,9 +153,7 @@ def _check_array(name: str, x: Any, xp: Any, dev: Any, min_ndim: int) -> None:
 
 def _any(condition: Any, xp: Any) -> bool:
     """bool(any(condition)), or False for a traced (lazy) array whose values cannot be read."""
-    from array_api_compat import is_lazy_array
-
-    if is_lazy_array(condition):
+    if not is_concrete(condition):
         return False
     return bool(xp.any(condition))
 

@@ -23,8 +23,9 @@ import math
 from functools import lru_cache
 from typing import Any
 
-from array_api_compat import array_namespace, device, is_lazy_array
+from array_api_compat import array_namespace, device
 
+from .concrete import is_concrete
 from .kernel import Kernel
 
 
@@ -58,7 +59,7 @@ def _tables_on(xp: Any, dev: Any, dtype: Any, d: int, p: int) -> tuple[list[Any]
         xp.asarray([multiset[r] for multiset in indices], dtype=xp.int64, device=dev) for r in range(p)
     ]
     tables = (columns, xp.asarray(coefficients, dtype=dtype, device=dev))
-    if not is_lazy_array(tables[1]):
+    if is_concrete(tables[1]):
         _device_tables[key] = tables
     return tables
 
