@@ -90,15 +90,13 @@ def prepare(request: Request) -> Prepared:
     state = request.initial_state
     mu_end = None
     if request.uses_rotary:
-        mu0 = None if state is None or state.mu is None else state.mu
+        mu0 = None if state is None or state.mu is None else xp.broadcast_to(state.mu, (*batch, d // 2))
         increments = (
             xp.zeros((*batch, T, d // 2), dtype=work, device=request.device)
             if request.rotary is None
-            else request.rotary
+            else xp.broadcast_to(request.rotary, (*batch, T, d // 2))
         )
         mu, mu_end = accumulate_angles(increments, mu0, xp)
-        mu = xp.broadcast_to(mu, (*batch, T, d // 2))
-        mu_end = xp.broadcast_to(mu_end, (*batch, d // 2))
         cos, sin = xp.astype(xp.cos(mu), work), xp.astype(xp.sin(mu), work)
         q = rotate(q, cos, sin, request.rotary_layout, xp)
         k = rotate(k, cos, sin, request.rotary_layout, xp)
