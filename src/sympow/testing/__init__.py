@@ -20,3 +20,23 @@ __all__ = [
     "to_numpy",
     "tolerance",
 ]
+
+# The conformance suite (shipped cases, the checker, layout adapters, the pytest helper); pytest is
+# imported only when conformance_parametrize is called.
+from .adapters import adapt_layout
+from .conformance import ConformanceError, Report, Result, check
+from .pytest_plugin import conformance_parametrize
+from .suite import CASES_VERSION, Case, all_tags, load_cases
+
+__all__ += [
+    "CASES_VERSION",
+    "Case",
+    "ConformanceError",
+    "Report",
+    "Result",
+    "adapt_layout",
+    "all_tags",
+    "check",
+    "conformance_parametrize",
+    "load_cases",
+]

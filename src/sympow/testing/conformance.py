@@ -1,0 +1,324 @@
+"""Check any implementation of ``attention`` against the shipped conformance cases.
+
+``check(fn, cases=..., dtype=..., xp=...)`` calls ``fn(q, k, v, kernel=..., power=..., scale=...,
+log_gate=..., proportions=..., rotary=..., rotary_layout=..., normalize=..., eps=..., [initial_state=...,
+return_state=...])`` (the signature of ``sympow.attention``; see ``adapt_layout`` for other layouts) on
+each case's inputs, converted to namespace ``xp`` and dtype ``dtype``, and measures, per case and check:
+
+    "output"        y of one call on the whole sequence against the case's float64 y
+    "state"         the final state (true sums S, z and the angle mu) of that call against the case's
+    "resume"        the first ``split`` tokens, then the rest from the state ``fn`` returned: y and the
+                    final state
+    "from-state"    the rest from the case's own state after ``split`` tokens (a ``sympow.State``)
+
+Errors are those of the tolerance table (``sympow.testing.tolerances``): max |y - y_ref| over max |v|
+for normalised output and over max |y_ref| otherwise; for a state, max |S - S_ref| / max |S_ref| and
+the same for z, and max |mu - mu_ref| modulo 2 pi in radians. Each must not exceed ``tolerance(dtype)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..spec.state import State
+from .inputs import convert, namespace
+from .suite import Case, load_cases, wrap_angle
+from .tolerances import TINY, relative_error, to_numpy, tolerance
+
+CHECKS = ("output", "state", "resume", "from-state")
+
+
+class ConformanceError(AssertionError):
+    """Raised by ``check`` when a case fails; the message names every failing case and check."""
+
+    def __init__(self, report: Report) -> None:
+        super().__init__(report.summary())
+        self.report = report
+
+
+@dataclass(frozen=True)
+class Result:
+    """One check of one case: the error, the tolerance it is held to, and what went wrong if anything."""
+
+    case: str
+    check: str
+    error: float
+    tolerance: float
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.error <= self.tolerance
+
+    def describe(self) -> str:
+        verdict = "ok" if self.passed else "FAIL"
+        text = (
+            f"{self.case} [{self.check}]: error {self.error:.3e} (tolerance {self.tolerance:.1e}) {verdict}"
+        )
+        return f"{text}: {self.detail}" if self.detail else text
+
+
+@dataclass(frozen=True)
+class Report:
+    """Every ``Result`` of a ``check`` run, with the dtype and namespace it ran on."""
+
+    results: tuple[Result, ...]
+    dtype: str
+    library: str
+
+    @property
+    def passed(self) -> bool:
+        return all(result.passed for result in self.results)
+
+    @property
+    def failures(self) -> list[Result]:
+        return [result for result in self.results if not result.passed]
+
+    @property
+    def failed_cases(self) -> list[str]:
+        """Names of the failing cases, each once, in case order."""
+        return list(dict.fromkeys(result.case for result in self.failures))
+
+    def worst(self, check: str | None = None) -> Result | None:
+        """The result with the largest error (among those of ``check``)."""
+        chosen = [r for r in self.results if check is None or r.check == check]
+        return max(chosen, key=lambda r: r.error / r.tolerance, default=None)
+
+    def summary(self) -> str:
+        cases = len({result.case for result in self.results})
+        head = f"{self.library} {self.dtype}: "
+        if self.passed:
+            return head + f"all {cases} cases pass ({len(self.results)} checks)"
+        lines = [head + f"{len(self.failed_cases)} of {cases} cases fail: {', '.join(self.failed_cases)}"]
+        lines += ["  " + result.describe() for result in self.failures]
+        return "\n".join(lines)
+
+    def raise_for_failures(self) -> None:
+        if not self.passed:
+            raise ConformanceError(self)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def check(
+    fn: Callable[..., Any],
+    cases: Iterable[Case] | Iterable[str] | None = None,
+    dtype: str = "float64",
+    *,
+    xp: Any = "numpy",
+    checks: Sequence[str] = CHECKS,
+    raise_on_failure: bool = True,
+) -> Report:
+    """Run ``fn`` on the conformance ``cases`` (default: all shipped) and compare with their outputs.
+
+    ``fn`` has the signature of ``sympow.attention`` (bind ``form``, ``backend`` and the like with
+    ``functools.partial``; wrap another layout with ``adapt_layout``). ``xp`` is the array namespace (a
+    module or "numpy", "torch", "jax", "array_api_strict") the inputs are given in, ``dtype`` their dtype
+    name; the tolerance is ``tolerance(dtype)``. ``checks`` picks among "output", "state", "resume" and
+    "from-state" (module docstring): an implementation without a state passes ``checks=("output",)``;
+    "state" and "from-state" need states with the fields of ``sympow.State`` in its layout.
+
+    An exception raised by ``fn`` counts as a failure of that check (error inf). Returns the ``Report``;
+    raises ``ConformanceError`` (an AssertionError naming each failing case) when a check fails and
+    ``raise_on_failure`` is true.
+    """
+    unknown = [name for name in checks if name not in CHECKS]
+    if unknown or not checks:
+        raise ValueError(f"checks must be a non-empty subset of {CHECKS}, got {tuple(checks)!r}")
+    tolerance(dtype)  # an unknown dtype fails here, naming the known ones
+    module = namespace(xp)
+    selected = _cases(cases)
+    results: list[Result] = []
+    for case in selected:
+        results += _check_case(fn, case, module, dtype, tuple(checks))
+    report = Report(tuple(results), dtype, getattr(module, "__name__", str(module)))
+    if raise_on_failure:
+        report.raise_for_failures()
+    return report
+
+
+def _cases(cases: Iterable[Case] | Iterable[str] | None) -> list[Case]:
+    if cases is None:
+        return load_cases()
+    if isinstance(cases, Case):
+        return [cases]
+    if isinstance(cases, str):
+        return load_cases(names=[cases])
+    chosen = list(cases)
+    names = [item for item in chosen if isinstance(item, str)]
+    by_name = {case.name: case for case in load_cases(names=names)} if names else {}
+    out = []
+    for item in chosen:
+        if isinstance(item, str):
+            out.append(by_name[item])
+        elif isinstance(item, Case):
+            out.append(item)
+        else:
+            raise TypeError(f"cases must hold Case objects or case names, got {type(item).__name__}")
+    if not out:
+        raise ValueError("cases must not be empty")
+    return out
+
+
+def _state_dtype(dtype: str) -> str:
+    """States are handed over in the run's dtype, or float32 for the half-precision dtypes."""
+    return dtype if dtype in ("float32", "float64") else "float32"
+
+
+def case_state(case: Case, which: str, xp: Any, dtype: str) -> State:
+    """The case's state (after ``split`` tokens or at the end) as a ``sympow.State`` of ``xp`` arrays, with
+    log_scale = 0 (the stored sums are the true sums)."""
+    S, z, mu = case.state(which)
+    arrays = {"S": S, "z": z, "mu": mu, "log_scale": np.zeros(S.shape[:-2])}
+    converted = convert(arrays, xp, _state_dtype(dtype))
+    return State(S=converted["S"], z=converted["z"], mu=converted["mu"], log_scale=converted["log_scale"])
+
+
+def _call(fn: Callable[..., Any], case: Case, arrays: dict[str, Any], **extra: Any) -> Any:
+    return fn(
+        arrays["q"],
+        arrays["k"],
+        arrays["v"],
+        **case.options,
+        log_gate=arrays["log_gate"],
+        proportions=arrays["proportions"],
+        rotary=arrays["rotary"],
+        **extra,
+    )
+
+
+def tokens(inputs: dict[str, Any], start: int, stop: int | None) -> dict[str, Any]:
+    """The inputs of tokens start..stop-1 (q, k, v, rotary on axis -2; gates, proportions on axis -1)."""
+
+    def cut(value: Any, axis: int) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, tuple):
+            return tuple(cut(item, axis) for item in value)
+        index = [slice(None)] * value.ndim
+        index[value.ndim + axis] = slice(start, stop)
+        return value[tuple(index)]
+
+    axes = {"q": -2, "k": -2, "v": -2, "rotary": -2, "log_gate": -1, "proportions": -1}
+    return {key: cut(value, axes[key]) for key, value in inputs.items()}
+
+
+def output_error(y: Any, case: Case, rows: slice = slice(None)) -> tuple[float, str]:
+    """(error, detail) of an output against the case's y[..., rows, :], by the tolerance table's measure."""
+    expected = case.y[..., rows, :]
+    got = to_numpy(y)
+    if got.shape != expected.shape:
+        return math.inf, f"output shape {got.shape}, expected {expected.shape}"
+    if not np.isfinite(got).all():
+        return math.inf, "non-finite output entries"
+    error = relative_error(got, expected, case.arrays["v"], normalize=case.normalize)
+    if error == 0.0:
+        return error, ""
+    worst = np.unravel_index(np.argmax(np.abs(got - expected)), got.shape)
+    return (
+        error,
+        f"worst entry {tuple(int(i) for i in worst)}: got {got[worst]:.6g}, expected {expected[worst]:.6g}",
+    )
+
+
+def state_error(state: Any, case: Case, which: str = "final") -> tuple[float, str]:
+    """(error, detail): the largest of the relative errors of the true S and z and the angle error of mu."""
+    S_ref, z_ref, mu_ref = case.state(which)
+    try:
+        S, z = (to_numpy(x) for x in (state.S, state.z))
+        log_scale = to_numpy(state.log_scale)
+        mu = None if state.mu is None else to_numpy(state.mu)
+    except AttributeError as error:
+        return math.inf, f"the state has no field {error.name!r} of sympow.State"
+    factor = np.exp(log_scale)
+    parts = {"S": (S * factor[..., None, None], S_ref), "z": (z * factor[..., None], z_ref)}
+    errors = {}
+    for key, (got, expected) in parts.items():
+        if got.shape != expected.shape:
+            return math.inf, f"state {key} shape {got.shape}, expected {expected.shape}"
+        if not np.isfinite(got).all():
+            return math.inf, f"non-finite state {key} entries"
+        scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+        errors[key] = float(np.max(np.abs(got - expected), initial=0.0)) / max(scale, TINY)
+    if (mu is None) != (mu_ref is None):
+        return (
+            math.inf,
+            f"state mu is {'None' if mu is None else 'set'}, expected {'None' if mu_ref is None else 'set'}",
+        )
+    if mu is not None:
+        if mu.shape != mu_ref.shape:
+            return math.inf, f"state mu shape {mu.shape}, expected {mu_ref.shape}"
+        errors["mu"] = float(np.max(np.abs(wrap_angle(mu - mu_ref)), initial=0.0))
+    key = max(errors, key=errors.__getitem__)
+    return errors[key], f"worst field {key}" if errors[key] > 0 else ""
+
+
+def _concat(first: Any, second: Any) -> np.ndarray:
+    return np.concatenate([to_numpy(first), to_numpy(second)], axis=-2)
+
+
+def _check_case(
+    fn: Callable[..., Any], case: Case, xp: Any, dtype: str, checks: tuple[str, ...]
+) -> list[Result]:
+    tol = tolerance(dtype)
+    arrays = convert(case.inputs, xp, dtype)
+    results = []
+
+    def record(name: str, measure: Callable[[], tuple[float, str]]) -> None:
+        try:
+            error, detail = measure()
+        except Exception as exc:  # a failure of fn is a failure of the check, reported with the case
+            error, detail = math.inf, f"raised {type(exc).__name__}: {exc}"
+        results.append(Result(case.name, name, error, tol, detail))
+
+    wants_state = "state" in checks
+    if "output" in checks or wants_state:
+        full: dict[str, Any] = {}
+
+        def run_full() -> tuple[float, str]:
+            out = _call(fn, case, arrays, return_state=True) if wants_state else _call(fn, case, arrays)
+            y, full["state"] = out if wants_state else (out, None)
+            return output_error(y, case)
+
+        record("output", run_full)
+        if wants_state:
+            record("state", lambda: state_error(full["state"], case) if "state" in full else _missing())
+    if case.split is None:
+        return results
+    split = case.split
+    if "resume" in checks:
+
+        def run_resume() -> tuple[float, str]:
+            y1, state = _call(fn, case, tokens(arrays, 0, split), return_state=True)
+            extra = {"initial_state": state}
+            if wants_state:
+                y2, final = _call(fn, case, tokens(arrays, split, None), return_state=True, **extra)
+            else:
+                y2, final = _call(fn, case, tokens(arrays, split, None), **extra), None
+            error, detail = output_error(_concat(y1, y2), case)
+            if final is not None:
+                s_error, s_detail = state_error(final, case)
+                if s_error > error:
+                    error, detail = s_error, f"final state after resuming: {s_detail}"
+            return error, detail
+
+        record("resume", run_resume)
+    if "from-state" in checks:
+
+        def run_from_state() -> tuple[float, str]:
+            state = case_state(case, "split", xp, dtype)
+            y = _call(fn, case, tokens(arrays, split, None), initial_state=state)
+            return output_error(y, case, slice(split, None))
+
+        record("from-state", run_from_state)
+    return results
+
+
+def _missing() -> tuple[float, str]:
+    return math.inf, "no state: the call on the whole sequence failed"
