@@ -1,0 +1,229 @@
+"""Extremes: strong gates, huge accumulated angles, scores far past float32's range, zero rows."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import strategies as st
+
+import sympow
+from sympow.testing import assert_close, convert, make_inputs, to_numpy
+from sympow.testing.strategies import FORMS, attention_cases, given_for
+from tests.brute_force import reference
+
+pytestmark = pytest.mark.usefixtures("spec_backend")
+
+ALL_FORMS = (*FORMS, "auto")
+
+
+def test_log_gates_down_to_minus_50(xp):
+    @given_for(xp, case=attention_cases(max_T=48, gate=True, gate_min=-50.0), form=st.sampled_from(FORMS))
+    def check(case, form):
+        y = case.call(sympow.attention, xp, form=form)
+        y_ref = reference(case.inputs, **case.options)
+        assert_close(
+            y,
+            y_ref,
+            case.inputs["v"],
+            dtype_name=case.dtype,
+            normalize=case.normalize,
+            what=f"{form} {case}",
+        )
+
+    check()
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_log_gates_of_minus_50_everywhere(xp, form):
+    """Every key is forgotten at once: y_i = v_i."""
+    inputs = make_inputs(batch=(2,), T=40, d=4, e=3, seed=4)
+    inputs["log_gate"] = np.full((2, 40), -50.0)
+    for dtype in ("float64", "float32"):
+        arrays = convert(inputs, xp, dtype)
+        y = sympow.attention(
+            arrays["q"],
+            arrays["k"],
+            arrays["v"],
+            log_gate=arrays["log_gate"],
+            form=form,
+            chunk_size=7,
+        )
+        assert_close(
+            y,
+            reference(inputs),
+            inputs["v"],
+            dtype_name=dtype,
+            normalize=True,
+            what=f"{form} {dtype}",
+        )
+
+
+def huge_angle_inputs(T, total, seed, d=4, e=2, batch=()):
+    """float32 inputs whose rotary increments sum to about ``total`` radians (|mu_T| ~ total)."""
+    inputs = make_inputs(batch=batch, T=T, d=d, e=e, seed=seed, rotary=True, gate=True, dtype="float32")
+    rng = np.random.default_rng(seed)
+    step = total / T
+    increments = step * (1.0 + 0.1 * rng.standard_normal((*batch, T, d // 2)))
+    inputs["rotary"] = increments.astype(np.float32)
+    return inputs
+
+
+@pytest.mark.parametrize("form", ALL_FORMS)
+def test_rotary_angles_of_1e6_small_T(xp, form):
+    """Increments summing to |mu| ~ 1e6 at T = 48: float32 against the brute force on the same
+    (float32) increments, upcast."""
+    inputs = huge_angle_inputs(48, 1e6, seed=7, batch=(2,))
+    assert abs(float(np.sum(inputs["rotary"][0, :, 0], dtype=np.float64))) > 9e5
+    arrays = convert(inputs, xp, "float32")
+    y = sympow.attention(
+        arrays["q"],
+        arrays["k"],
+        arrays["v"],
+        log_gate=arrays["log_gate"],
+        rotary=arrays["rotary"],
+        form=form,
+        chunk_size=5,
+    )
+    assert_close(y, reference(inputs), inputs["v"], dtype_name="float32", normalize=True, what=form)
+
+
+@pytest.fixture(scope="module")
+def long_rotary_case():
+    """T = 4096 with |mu_T| ~ 1e6, and its float64 chunked reference (the increments upcast)."""
+    inputs = huge_angle_inputs(4096, 1e6, seed=8)
+    upcast = convert(inputs, np, "float64")
+    y_ref = sympow.attention(
+        upcast["q"],
+        upcast["k"],
+        upcast["v"],
+        log_gate=upcast["log_gate"],
+        rotary=upcast["rotary"],
+        form="chunked",
+        chunk_size=64,
+    )
+    return inputs, y_ref
+
+
+def run_long_rotary(xp, form, long_rotary_case):
+    inputs, y_ref = long_rotary_case
+    assert abs(float(np.sum(inputs["rotary"][:, 0], dtype=np.float64))) > 9e5
+    arrays = convert(inputs, xp, "float32")
+    y = sympow.attention(
+        arrays["q"], arrays["k"], arrays["v"], log_gate=arrays["log_gate"],
+        rotary=arrays["rotary"], form=form, chunk_size=64,
+    )  # fmt: skip
+    assert_close(y, y_ref, inputs["v"], dtype_name="float32", normalize=True, what=form)
+
+
+@pytest.mark.parametrize("form", ["parallel", "chunked", "auto"])
+def test_rotary_angles_of_1e6_at_T_4096(xp, form, long_rotary_case):
+    run_long_rotary(xp, form, long_rotary_case)
+
+
+def test_rotary_angles_of_1e6_at_T_4096_recurrent(long_rotary_case):
+    """The recurrent form at T = 4096 on NumPy only: a Python loop of 4096 steps is slow in eager
+    JAX and array-api-strict (every namespace runs it at T = 48 above)."""
+    run_long_rotary(np, "recurrent", long_rotary_case)
+
+
+def large_score_inputs(seed, T, d, e, batch, max_score, dtype, *, positive=False):
+    """Inputs scaled so that max |s_ij| = max_score (default sigma). With ``positive`` the q and k
+    entries are positive, so that no feature dot product cancels: range (overflow of s^p) alone;
+    otherwise signed, range and cancellation together."""
+    inputs = make_inputs(batch=batch, T=T, d=d, e=e, seed=seed)
+    q, k = inputs["q"], inputs["k"]
+    if positive:
+        q, k = np.abs(q), np.abs(k)
+    scores = np.abs(np.einsum("...id,...jd->...ij", q, k)) * d**-0.5
+    factor = math.sqrt(max_score / scores.max())
+    inputs["q"], inputs["k"] = q * factor, k * factor
+    return {key: value.astype(dtype) for key, value in inputs.items()}
+
+
+def test_scores_past_float32_range(xp):
+    """|s| up to 1e5 and p up to 8 (terms near 1e40): normalised float32 output is finite and
+    within tolerance of the float64 brute force."""
+
+    @given_for(
+        xp,
+        seed=st.integers(0, 2**32 - 1),
+        T=st.integers(1, 48),
+        d=st.integers(2, 4),
+        e=st.integers(1, 4),
+        power=st.sampled_from([2, 4, 6, 8]),
+        max_score=st.sampled_from([1e2, 1e4, 1e5]),
+        form=st.sampled_from(ALL_FORMS),
+        chunk=st.integers(1, 51),
+        positive=st.booleans(),
+    )
+    def check(seed, T, d, e, power, max_score, form, chunk, positive):
+        inputs = large_score_inputs(seed, T, d, e, (2,), max_score, "float32", positive=positive)
+        arrays = convert(inputs, xp, "float32")
+        y = sympow.attention(arrays["q"], arrays["k"], arrays["v"], power=power, form=form, chunk_size=chunk)
+        assert np.isfinite(to_numpy(y)).all()
+        y_ref = reference(inputs, power=power)
+        assert_close(
+            y,
+            y_ref,
+            inputs["v"],
+            dtype_name="float32",
+            normalize=True,
+            what=f"{form} p={power} max|s|={max_score}",
+        )
+
+    check()
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_scores_past_float32_range_state(xp, form):
+    """The float32 state of such scores is finite (the log scale carries the magnitude) and
+    resumes correctly."""
+    inputs = large_score_inputs(1, 30, 3, 2, (), 1e5, "float32")
+    arrays = convert(inputs, xp, "float32")
+    q, k, v = arrays["q"], arrays["k"], arrays["v"]
+    y1, state = sympow.attention(
+        q[:12, :], k[:12, :], v[:12, :], power=8, form=form, return_state=True, chunk_size=5
+    )
+    for name in ("S", "z", "log_scale"):
+        assert np.isfinite(to_numpy(getattr(state, name))).all(), name
+    y2 = sympow.attention(
+        q[12:, :], k[12:, :], v[12:, :], power=8, form=form, initial_state=state, chunk_size=5
+    )
+    y = np.concatenate([to_numpy(y1), to_numpy(y2)], axis=-2)
+    assert_close(y, reference(inputs, power=8), inputs["v"], dtype_name="float32", normalize=True, what=form)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("kernel", ["sympow", "relu"])
+def test_zero_denominator_gives_zero(xp, form, kernel):
+    """Where Z_i + eps = 0 (a zero query; for relu also an all-negative one), y_i = 0, not NaN."""
+    inputs = make_inputs(T=6, d=4, e=2, seed=9)
+    inputs["q"][2] = 0.0
+    inputs["q"][4] = -np.abs(inputs["q"][4]) if kernel == "relu" else 0.0
+    arrays = convert(inputs, xp, "float64")
+    y = to_numpy(
+        sympow.attention(arrays["q"], arrays["k"], arrays["v"], kernel=kernel, form=form, chunk_size=4)
+    )
+    assert np.all(y[2] == 0.0) and np.all(y[4] == 0.0)
+    assert_close(
+        y,
+        reference(inputs, kernel=kernel),
+        inputs["v"],
+        dtype_name="float64",
+        normalize=True,
+        what=form,
+    )
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_zero_values_and_tiny_inputs(xp, form):
+    """Subnormal-sized queries and keys still give the normalised average (in float64)."""
+    inputs = make_inputs(T=10, d=4, e=2, seed=10)
+    inputs["q"] *= 1e-150
+    inputs["k"] *= 1e-150
+    arrays = convert(inputs, xp, "float64")
+    y = sympow.attention(arrays["q"], arrays["k"], arrays["v"], form=form, chunk_size=3)
+    unscaled = {**inputs, "q": inputs["q"] * 1e150, "k": inputs["k"] * 1e150}
+    assert_close(y, reference(unscaled), inputs["v"], dtype_name="float64", normalize=True, what=form)

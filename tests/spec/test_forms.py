@@ -1,0 +1,228 @@
+"""Every form against the brute-force double loop, the forms against each other, result types."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import sympow
+from sympow.testing import assert_close, convert, make_inputs, to_numpy
+from sympow.testing.strategies import FORMS, attention_cases, case_id, chunk_sizes, given_for
+from tests.brute_force import reference
+
+pytestmark = pytest.mark.usefixtures("spec_backend")
+
+ALL_FORMS = (*FORMS, "auto")
+
+
+def check_result_type(y, like, shape):
+    """y is an array of like's library, dtype and device, of the given shape."""
+    import array_api_compat
+
+    assert type(y) is type(like), f"result is {type(y)}, input is {type(like)}"
+    assert y.dtype == like.dtype, f"result dtype {y.dtype}, input dtype {like.dtype}"
+    assert tuple(y.shape) == tuple(shape), f"result shape {tuple(y.shape)}, expected {shape}"
+    assert array_api_compat.device(y) == array_api_compat.device(like)
+
+
+def check_state_dtypes(state, q):
+    """The state is kept in the accumulation dtype (spec/state.py): the input's dtype or float64, the
+    same for S, z and log_scale, in the input's namespace (a 0-d NumPy field may be a NumPy scalar)."""
+    import array_api_compat
+
+    for field in (state.S, state.z, state.log_scale):
+        assert array_api_compat.array_namespace(field) is array_api_compat.array_namespace(q)
+        if field.ndim > 0:
+            assert type(field) is type(q)
+        assert str(field.dtype) == str(state.S.dtype)
+    name = str(state.S.dtype).rsplit(".", 1)[-1]
+    assert name in {str(q.dtype).rsplit(".", 1)[-1], "float64"}, name
+
+
+# Brute force is O(T^2 d) Python: T <= 48 here.
+@pytest.mark.parametrize("form", ALL_FORMS)
+def test_form_matches_brute_force(xp, form):
+    @given_for(xp, case=attention_cases(max_T=48))
+    def check(case):
+        y = case.call(sympow.attention, xp, form=form)
+        check_result_type(y, case.arrays(xp)["q"], (*case.batch, case.T, case.e))
+        y_ref = reference(case.inputs, **case.options)
+        assert_close(
+            y, y_ref, case.inputs["v"], dtype_name=case.dtype, normalize=case.normalize,
+            what=f"{form} {case}",
+        )  # fmt: skip
+
+    check()
+
+
+def test_odd_power_unnormalized_matches_brute_force(xp):
+    """Odd p (signed kernel) unnormalised, in every form."""
+
+    @given_for(xp, case=attention_cases(max_T=48, kernels=("sympow",), normalize=False, even_power=False))
+    def check(case):
+        y_ref = reference(case.inputs, **case.options)
+        for form in FORMS:
+            y = case.call(sympow.attention, xp, form=form)
+            assert_close(y, y_ref, dtype_name=case.dtype, normalize=False, what=f"{form} {case}")
+
+    check()
+
+
+def test_even_power_normalized_matches_brute_force(xp):
+    @given_for(xp, case=attention_cases(max_T=48, kernels=("sympow",), normalize=True))
+    def check(case):
+        y_ref = reference(case.inputs, **case.options)
+        for form in FORMS:
+            y = case.call(sympow.attention, xp, form=form)
+            assert_close(
+                y, y_ref, case.inputs["v"], dtype_name=case.dtype, normalize=True,
+                what=f"{form} {case}",
+            )  # fmt: skip
+
+    check()
+
+
+def test_forms_agree(xp):
+    """parallel == recurrent == chunked (drawn chunk size 1..T+3) == auto, each against the float64
+    parallel form of the NumPy namespace on the same (rounded) inputs."""
+
+    @given_for(xp, case=attention_cases(max_T=200), data=st.data())
+    def check(case, data):
+        y_ref = case.call(sympow.attention, np, dtype="float64", form="parallel")
+        chunk = data.draw(chunk_sizes(case.T), label="chunk_size")
+        for form in ALL_FORMS:
+            y = case.call(sympow.attention, xp, form=form, chunk_size=chunk)
+            assert_close(
+                y, y_ref, case.inputs["v"], dtype_name=case.dtype, normalize=case.normalize,
+                what=f"{form} chunk_size={chunk} {case}",
+            )  # fmt: skip
+
+    check()
+
+
+@given(case=attention_cases(max_T=40, max_batch_axes=1, dtypes=("float64",)))
+def test_every_chunk_size(case):
+    """The chunked form agrees with the parallel form for every chunk size 1..T+3."""
+    y_ref = case.call(sympow.attention, np, form="parallel")
+    for chunk in range(1, case.T + 4):
+        y = case.call(sympow.attention, np, form="chunked", chunk_size=chunk)
+        assert_close(
+            y, y_ref, case.inputs["v"], dtype_name="float64", normalize=case.normalize,
+            what=f"chunk_size={chunk} {case}",
+        )  # fmt: skip
+
+
+GRID = [
+    ((), 1, 2),
+    ((), 2, 3),
+    ((), 17, 4),
+    ((2,), 9, 6),
+    ((1, 3), 33, 8),
+    ((2, 2), 24, 16),
+]
+
+
+@functools.cache
+def grid_case(batch, T, d, dtype):
+    """Inputs with every feature on (gates, rotary where d is even, proportions) and the brute force
+    for p = 4, computed once per shape and dtype."""
+    inputs = make_inputs(
+        batch=batch, T=T, d=d, e=3, seed=T * 100 + d, gate=True, rotary=d % 2 == 0,
+        proportions=True, dtype=dtype,
+    )  # fmt: skip
+    return inputs, reference(inputs, power=4)
+
+
+@pytest.mark.parametrize(("batch", "T", "d"), GRID, ids=[case_id(*shape) for shape in GRID])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_grid_against_brute_force(xp, dtype, batch, T, d):
+    """Fixed shapes, every feature on at once, p = 4, in every form."""
+    inputs, y_ref = grid_case(batch, T, d, dtype)
+    arrays = convert(inputs, xp, dtype)
+    for form in ALL_FORMS:
+        y = sympow.attention(
+            arrays["q"], arrays["k"], arrays["v"], power=4, log_gate=arrays["log_gate"],
+            rotary=arrays.get("rotary"), proportions=arrays["proportions"], form=form, chunk_size=5,
+        )  # fmt: skip
+        check_result_type(y, arrays["q"], (*batch, T, 3))
+        assert_close(y, y_ref, inputs["v"], dtype_name=dtype, normalize=True, what=form)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_reference_backend_on_jax(dtype):
+    """The array-API reference itself on JAX arrays (the property tests use the native JAX backend
+    there, see tests/conftest.py), on two fixed shapes, every form."""
+    jnp = pytest.importorskip("jax.numpy")
+    for batch, T, d in (((), 17, 4), ((2,), 9, 6)):
+        inputs, y_ref = grid_case(batch, T, d, dtype)
+        arrays = convert(inputs, jnp, dtype)
+        for form in ALL_FORMS:
+            y, state = sympow.attention(
+                arrays["q"], arrays["k"], arrays["v"], power=4, log_gate=arrays["log_gate"],
+                rotary=arrays.get("rotary"), proportions=arrays["proportions"], form=form,
+                chunk_size=5, backend="reference", return_state=True,
+            )  # fmt: skip
+            check_result_type(y, arrays["q"], (*batch, T, 3))
+            check_state_dtypes(state, arrays["q"])
+            assert_close(y, y_ref, inputs["v"], dtype_name=dtype, normalize=True, what=form)
+
+
+@pytest.mark.parametrize("form", ALL_FORMS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_result_and_state_types(xp, dtype, form):
+    """Namespace, shape, dtype and device of y and of the state's arrays follow the input."""
+    inputs = make_inputs(batch=(2,), T=11, d=4, e=5, seed=3, gate=True, rotary=True, dtype=dtype)
+    arrays = convert(inputs, xp, dtype)
+    q = arrays["q"]
+    y, state = sympow.attention(
+        q, arrays["k"], arrays["v"], log_gate=arrays["log_gate"], rotary=arrays["rotary"],
+        form=form, return_state=True, chunk_size=4,
+    )  # fmt: skip
+    check_result_type(y, q, (2, 11, 5))
+    assert isinstance(state, sympow.State)
+    D = 10  # C(4 + 2 - 1, 2)
+    assert type(state.S) is type(q)
+    assert tuple(state.S.shape) == (2, D, 5)
+    assert tuple(state.z.shape) == (2, D)
+    assert tuple(state.mu.shape) == (2, 2)
+    assert tuple(state.log_scale.shape) == (2,)
+    check_state_dtypes(state, q)
+    assert np.isfinite(to_numpy(state.log_scale)).all()
+    y_plain = sympow.attention(
+        q,
+        arrays["k"],
+        arrays["v"],
+        log_gate=arrays["log_gate"],
+        rotary=arrays["rotary"],
+        form=form,
+        chunk_size=4,
+    )
+    check_result_type(y_plain, q, (2, 11, 5))
+    assert_close(y_plain, y, inputs["v"], dtype_name=dtype, normalize=True, what="return_state changes y")
+
+
+@pytest.mark.parametrize("form", ALL_FORMS)
+def test_broadcast_leading_axes(xp, form):
+    """Leading axes broadcast across q, k, v, log_gate, rotary and proportions."""
+    T, d, e = 9, 4, 2
+    base = make_inputs(batch=(2, 3), T=T, d=d, e=e, seed=5, gate=True, rotary=True, proportions=True)
+    inputs = {
+        "q": base["q"][:, :1],  # [2, 1, T, d]
+        "k": base["k"][0],  # [3, T, d]
+        "v": base["v"][:1, :1],  # [1, 1, T, e]
+        "log_gate": base["log_gate"],  # [2, 3, T]
+        "rotary": base["rotary"][0, 0],  # [T, d/2]
+        "proportions": (base["proportions"][0][1], base["proportions"][1][:, :1]),
+    }
+    arrays = convert(inputs, xp, "float64")
+    y = sympow.attention(
+        arrays["q"], arrays["k"], arrays["v"], log_gate=arrays["log_gate"],
+        rotary=arrays["rotary"], proportions=arrays["proportions"], form=form, chunk_size=4,
+    )  # fmt: skip
+    check_result_type(y, arrays["q"], (2, 3, T, e))
+    y_ref = reference(inputs, power=2)
+    assert_close(y, y_ref, inputs["v"], dtype_name="float64", normalize=True, what=form)
