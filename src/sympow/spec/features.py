@@ -45,23 +45,39 @@ def feature_table(d: int, p: int) -> tuple[tuple[tuple[int, ...], ...], tuple[fl
     return indices, tuple(coefficients)
 
 
-_device_tables: dict[tuple[Any, ...], tuple[list[Any], Any]] = {}
+_coefficient_cache: dict[tuple[Any, ...], Any] = {}
 
 
-def _tables_on(xp: Any, dev: Any, dtype: Any, d: int, p: int) -> tuple[list[Any], Any]:
-    """The index columns and coefficients of phi_p as arrays of ``xp`` on ``dev``, cached when concrete
-    (arrays made while JAX traces a function are that trace's own and are not kept)."""
+def _coefficients_on(xp: Any, dev: Any, dtype: Any, d: int, p: int) -> Any:
+    """The coefficients of phi_p as an array of ``xp`` on ``dev``, cached when concrete (arrays made while
+    JAX traces a function belong to that trace and are not kept)."""
     key = (xp.__name__, str(dev), str(dtype), d, p)
-    if key in _device_tables:
-        return _device_tables[key]
-    indices, coefficients = feature_table(d, p)
-    columns = [
-        xp.asarray([multiset[r] for multiset in indices], dtype=xp.int64, device=dev) for r in range(p)
-    ]
-    tables = (columns, xp.asarray(coefficients, dtype=dtype, device=dev))
-    if is_concrete(tables[1]):
-        _device_tables[key] = tables
-    return tables
+    if key in _coefficient_cache:
+        return _coefficient_cache[key]
+    coefficients = xp.asarray(feature_table(d, p)[1], dtype=dtype, device=dev)
+    if is_concrete(coefficients):
+        _coefficient_cache[key] = coefficients
+    return coefficients
+
+
+def monomials(x: Any, p: int, xp: Any) -> Any:
+    """prod_r x_{i_r} over the sorted multisets (i_1 <= ... <= i_p), in ``feature_table`` order.
+
+    Built degree by degree without an index gather: in lexicographic order the multisets of size n that
+    start with i are i followed by those of size n-1 whose entries are all >= i, a contiguous suffix of
+    the size n-1 list that starts after the C(d+n-2, n-1) - C(d-i+n-2, n-1) multisets with a smaller entry.
+    """
+    d = x.shape[-1]
+    if p == 0:
+        return xp.ones((*x.shape[:-1], 1), dtype=x.dtype, device=device(x))
+    current = x
+    for n in range(2, p + 1):
+        total = math.comb(d + n - 2, n - 1)
+        blocks = [
+            x[..., i : i + 1] * current[..., total - math.comb(d - i + n - 2, n - 1) :] for i in range(d)
+        ]
+        current = xp.concat(blocks, axis=-1)
+    return current
 
 
 def symmetric_power_features(x: Any, p: int, xp: Any = None) -> Any:
@@ -70,13 +86,10 @@ def symmetric_power_features(x: Any, p: int, xp: Any = None) -> Any:
     No scale is applied: phi_p(x) . phi_p(y) = (x . y)^p. For p = 0 the result is a single 1.
     """
     xp = array_namespace(x) if xp is None else xp
-    columns, coefficients = _tables_on(xp, device(x), x.dtype, x.shape[-1], p)
-    if p == 0:
-        return xp.ones((*x.shape[:-1], 1), dtype=x.dtype, device=device(x))
-    product = xp.take(x, columns[0], axis=-1)
-    for column in columns[1:]:
-        product = product * xp.take(x, column, axis=-1)
-    return product * coefficients
+    features = monomials(x, p, xp)
+    if p > 1:
+        features *= _coefficients_on(xp, device(x), x.dtype, x.shape[-1], p)  # a fresh array: no alias
+    return features
 
 
 def log_norm(x: Any, xp: Any) -> tuple[Any, Any]:
@@ -119,6 +132,8 @@ def scaled(kernel: Kernel, y: Any, xp: Any) -> tuple[Any, Any]:
     for exponent in exponents[1:]:
         lam = xp.maximum(lam, exponent)
     lam = xp.where(xp.isfinite(lam), lam, xp.zeros_like(lam))
+    if len(exponents) == 1:  # the one degree's exponent is lam itself
+        return symmetric_power_features(unit, kernel.degrees[0], xp), lam
     blocks = [
         xp.exp(exponent - lam)[..., None] * symmetric_power_features(unit, n, xp)
         for n, exponent in zip(kernel.degrees, exponents, strict=True)
