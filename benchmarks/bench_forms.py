@@ -65,10 +65,11 @@ def run(library: str, grid: list[int], forms: list[str], chunk: int, recurrent_m
             if form == "recurrent" and T > recurrent_max:
                 continue
 
-            def call(form: str = form) -> Any:
+            def call(form: str = form, inputs: dict = inputs) -> Any:
                 return sympow.attention(
-                    inputs["q"], inputs["k"], inputs["v"], power=POWER, form=form, chunk_size=chunk
-                )
+                    inputs["q"], inputs["k"], inputs["v"], power=POWER, form=form, chunk_size=chunk,
+                    backend="reference",
+                )  # fmt: skip
 
             seconds = best_time(call, 3 if T <= 4096 else 1)
             row = {"library": library, "form": form, "T": T, "seconds": seconds}
@@ -80,7 +81,8 @@ def run(library: str, grid: list[int], forms: list[str], chunk: int, recurrent_m
                     "of_matmul_float32": gflops / peak32,
                 }
             rows.append(row)
-            print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            cells = (f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+            print("  " + ", ".join(cells), flush=True)
     return rows
 
 
@@ -105,7 +107,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="T = 256, 512 only")
     parser.add_argument("--libraries", default="numpy,torch")
     parser.add_argument("--chunk", type=int, default=64)

@@ -13,18 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import sympow
 from sympow import benchmark
 from sympow.backends import Backend, register
 from sympow.backends import registry as backend_registry
 from sympow.cli import main
 from sympow.spec import run as run_reference
+from tests.backends_here import general_backends
 
 FORMS = ("parallel", "recurrent", "chunked")
 
 
 def _available():
-    return {entry.name: entry for entry in sympow.backends.available() if entry.available}
+    return {entry.name: entry for entry in general_backends()}
 
 
 def test_validate_exits_0_with_a_row_per_backend_and_form(capsys):

@@ -118,9 +118,7 @@ def select(request: Any, argument: str | None = None) -> tuple[Backend, ModuleTy
         reason = _refusal(backend, request, library)
         if reason is not None:
             working = [b.name for b in registered() if _refusal(b, request, library) is None]
-            raise ValueError(
-                f"backend {name!r} cannot run this call: {reason}; these can: {working}"
-            )
+            raise ValueError(f"backend {name!r} cannot run this call: {reason}; these can: {working}")
         return backend, backend.load()
     for backend in registered():
         if _refusal(backend, request, library) is None:

@@ -104,9 +104,7 @@ def broadcast_shapes(named: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
 
 def _check_number(name: str, value: Any, *, positive: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"{name} must be a real number, got {value!r} of type {type(value).__name__}"
-        )
+        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
     value = float(value)
     bound_ok = value > 0 if positive else value >= 0
     if not math.isfinite(value) or not bound_ok:
@@ -117,9 +115,7 @@ def _check_number(name: str, value: Any, *, positive: bool) -> float:
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"{name} must be an int >= {minimum}, got {value!r} of type {type(value).__name__}"
-        )
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} of type {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
     return value
@@ -186,9 +182,7 @@ def validate(
     try:
         xp = array_namespace(q)
     except TypeError:
-        raise TypeError(
-            f"q must be an array of the array API standard, got {type(q).__name__}"
-        ) from None
+        raise TypeError(f"q must be an array of the array API standard, got {type(q).__name__}") from None
     dev = device(q)
     for name, x in (("q", q), ("k", k), ("v", v)):
         _check_array(name, x, xp, dev, 2)
@@ -197,9 +191,7 @@ def validate(
     T, d, e = q.shape[-2], q.shape[-1], v.shape[-1]
     for name, x in (("k", k), ("v", v)):
         if x.shape[-2] != T:
-            raise ValueError(
-                f"{name} must have T = {T} tokens like q (axis -2), got shape {_shape(x)}"
-            )
+            raise ValueError(f"{name} must have T = {T} tokens like q (axis -2), got shape {_shape(x)}")
     if k.shape[-1] != d:
         raise ValueError(f"k must have d = {d} features like q (last axis), got shape {_shape(k)}")
     if T < 1 or d < 1 or e < 1:
@@ -233,9 +225,7 @@ def validate(
         leading["log_gate"] = _shape(log_gate)[:-1]
     if proportions is not None:
         if not isinstance(proportions, (tuple, list)) or len(proportions) != 2:
-            raise TypeError(
-                f"proportions must be a pair (a, b) of arrays, got {type(proportions).__name__}"
-            )
+            raise TypeError(f"proportions must be a pair (a, b) of arrays, got {type(proportions).__name__}")
         for name, x in zip(("proportions[0] (a)", "proportions[1] (b)"), proportions, strict=True):
             _check_array(name, x, xp, dev, 1)
             if x.shape[-1] != T:
@@ -247,14 +237,10 @@ def validate(
             raise ValueError(f"rotary needs an even head dimension d, got d = {d}")
         _check_array("rotary", rotary, xp, dev, 2)
         if _shape(rotary)[-2:] != (T, d // 2):
-            raise ValueError(
-                f"rotary must have shape [..., T={T}, d/2={d // 2}], got {_shape(rotary)}"
-            )
+            raise ValueError(f"rotary must have shape [..., T={T}, d/2={d // 2}], got {_shape(rotary)}")
         leading["rotary"] = _shape(rotary)[:-2]
     if initial_state is not None:
-        _check_state(
-            initial_state, xp, dev, the_kernel, d, e, 1 if proportions is None else 2, leading
-        )
+        _check_state(initial_state, xp, dev, the_kernel, d, e, 1 if proportions is None else 2, leading)
     batch_shape = broadcast_shapes(leading)
 
     # Value checks last: they read the data (one pass each), after every cheap check has passed.

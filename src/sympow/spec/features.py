@@ -108,9 +108,7 @@ def log_norm(x: Any, xp: Any) -> tuple[Any, Any]:
 def safe_log(x: Any, xp: Any) -> Any:
     """log x for x >= 0, -inf at 0, without the warning a log(0) raises in some libraries."""
     positive = x > 0
-    return xp.where(
-        positive, xp.log(xp.where(positive, x, xp.ones_like(x))), xp.full_like(x, -math.inf)
-    )
+    return xp.where(positive, xp.log(xp.where(positive, x, xp.ones_like(x))), xp.full_like(x, -math.inf))
 
 
 def scaled(kernel: Kernel, y: Any, xp: Any) -> tuple[Any, Any]:

@@ -24,9 +24,7 @@ from .state import State
 from .steps import attend, chunk_states, finish, finite_or_zero, merge, query_states, scan_states
 from .weights import prefix_sums, segment_sums, suffix_sums
 
-ROW_BLOCK_ELEMENTS = (
-    1 << 22
-)  # score-matrix entries per batch entry in one block of the parallel form
+ROW_BLOCK_ELEMENTS = 1 << 22  # score-matrix entries per batch entry in one block of the parallel form
 Result = tuple[Any, State | None]
 
 
@@ -179,9 +177,7 @@ def chunked(p: Prepared, return_state: bool) -> Result:
     k_features, k_lam = scaled(p.kernel, p.for_state(yk), xp)
     valid = xp.arange(n * size, device=device(g)) < T
     to_end = xp.where(xp.reshape(valid, (n, size)), suffix_sums(g, xp), xp.full_like(g, -math.inf))
-    states, scales = chunk_states(
-        k_features, k_lam, to_end, p.for_state(v), p.for_state(key_weight), xp
-    )
+    states, scales = chunk_states(k_features, k_lam, to_end, p.for_state(v), p.for_state(key_weight), xp)
     # 3. discounted scan across chunks
     entering, entering_scale, final, final_scale = scan_states(
         states, scales, xp.sum(g, axis=-1), p.initial, p.initial_scale, xp

@@ -28,9 +28,7 @@ def has_float64(xp: Any) -> bool:
     return True
 
 
-def accumulate_angles(
-    increments: Any, mu0: Any, xp: Any, *, float64: bool | None = None
-) -> tuple[Any, Any]:
+def accumulate_angles(increments: Any, mu0: Any, xp: Any, *, float64: bool | None = None) -> tuple[Any, Any]:
     """Angles mu [..., T, d/2] and the final angle reduced modulo 2 pi [..., d/2].
 
     ``increments`` [..., T, d/2]; ``mu0`` [..., d/2] or None (zero). Both results are float64 where the

@@ -151,9 +151,7 @@ def query_states(
     return product[..., :e], product[..., e], m
 
 
-def merge(
-    first: tuple[Any, Any, Any], second: tuple[Any, Any, Any], xp: Any
-) -> tuple[Any, Any, Any]:
+def merge(first: tuple[Any, Any, Any], second: tuple[Any, Any, Any], xp: Any) -> tuple[Any, Any, Any]:
     """(num, den, m) of the sum of two partial results."""
     num1, den1, m1 = first
     num2, den2, m2 = second
