@@ -48,7 +48,6 @@ class Prepared:
     normalize: bool
     eps: float
     chunk_size: int
-    out_dtype: Any
     state_dtype: Any
 
     @property
@@ -115,7 +114,7 @@ def prepare(request: Request) -> Prepared:
         query_weight=query_weight, key_weight=key_weight, initial=initial,
         initial_scale=initial_scale, resumed=state is not None, mu_end=mu_end,
         normalize=request.normalize, eps=request.eps, chunk_size=request.chunk_size,
-        out_dtype=request.dtype, state_dtype=state_dtype,
+        state_dtype=state_dtype,
     )  # fmt: skip
 
 
