@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +121,11 @@ def main() -> None:
     grid = [256, 512] if args.quick else [1024, 2048, 4096, 8192, 16384]
     rows = []
     for library in args.libraries.split(","):
-        rows += run(library, grid, ["parallel", "chunked", "recurrent"], args.chunk, args.recurrent_max)
+        # a fresh process per library: NumPy's BLAS threads keep spinning after a call and would slow
+        # PyTorch's threads (measured: 10%) if both ran in one process
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            forms = ["parallel", "chunked", "recurrent"]
+            rows += pool.submit(run, library, grid, forms, args.chunk, args.recurrent_max).result()
     args.out.mkdir(parents=True, exist_ok=True)
     fields = ["library", "form", "T", "seconds", "gflops", "of_matmul_float64", "of_matmul_float32"]
     with open(args.out / "forms_cpu.csv", "w", newline="") as f:

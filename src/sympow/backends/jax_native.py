@@ -31,6 +31,7 @@ import numpy as np
 from jax import lax
 
 from ..spec import Request, State
+from ..spec.feature_blocks import block_height, block_shapes, inverse_order, pairs_in_block, row_order
 from ..spec.features import feature_table
 from ..spec.kernel import Kernel
 from ..spec.rotary import accumulate_angles
@@ -239,8 +240,8 @@ def _finite_or_zero(m: Any) -> Any:
     return jnp.where(jnp.isfinite(m), m, 0.0)
 
 
-def _scaled(kernel: Kernel, y: Any) -> tuple[Any, Any]:
-    """(f [..., D], lam [...]) with phi(y) = exp(lam) f (see ``torch_native._scaled``)."""
+def _log_scales(kernel: Kernel, y: Any) -> tuple[Any, list[Any], Any]:
+    """(u = y / |y|, [x_n], lam) as ``spec.features.log_scales``."""
     peak = jnp.max(jnp.abs(y), axis=-1, keepdims=True)
     ratio = y / jnp.where(peak > 0, peak, 1.0)
     squares = jnp.sum(ratio * ratio, axis=-1, keepdims=True)
@@ -256,17 +257,62 @@ def _scaled(kernel: Kernel, y: Any) -> tuple[Any, Any]:
             exponents.append(jnp.full_like(safe_norm, 0.5 * log_c))
         else:
             exponents.append(jnp.where(finite, 0.5 * log_c + n * safe_norm, -jnp.inf))
-    if len(exponents) == 1:
-        return _power_features(unit, kernel.degrees[0]), _finite_or_zero(exponents[0])
     lam = exponents[0]
     for exponent in exponents[1:]:
         lam = jnp.maximum(lam, exponent)
-    lam = _finite_or_zero(lam)
+    return unit, exponents, _finite_or_zero(lam)
+
+
+def _scaled(kernel: Kernel, y: Any) -> tuple[Any, Any]:
+    """(f [..., D], lam [...]) with phi(y) = exp(lam) f (see ``torch_native._scaled``)."""
+    unit, exponents, lam = _log_scales(kernel, y)
+    if len(exponents) == 1:
+        return _power_features(unit, kernel.degrees[0]), lam
     blocks = [
         jnp.exp(exponent - lam)[..., None] * _power_features(unit, n)
         for n, exponent in zip(kernel.degrees, exponents, strict=True)
     ]
     return jnp.concatenate(blocks, -1), lam
+
+
+def _units(kernel: Kernel, y: Any) -> tuple[dict[int, Any], Any, Any]:
+    """({n: u_n}, constant or None, lam) as ``spec.feature_blocks.scaled_units``."""
+    unit, exponents, lam = _log_scales(kernel, y)
+    units, constant = {}, None
+    for n, exponent in zip(kernel.degrees, exponents, strict=True):
+        if n == 0:
+            constant = jnp.exp(exponent - lam)
+        elif len(exponents) == 1:
+            units[n] = unit
+        else:
+            units[n] = unit * jnp.exp((exponent - lam) / n)[..., None]
+    return units, constant, lam
+
+
+def _feature_blocks(shapes, units: dict[int, Any], constant: Any) -> list[Any]:
+    """The feature row blocks [..., D_l, C] of one chunk (``spec.feature_blocks.build`` in jax);
+    units[n] [..., d, C], constant [..., 1, C] or None."""
+    out = []
+    for n, kind, count, size in shapes:
+        if kind == "constant":
+            out.append(constant)
+        elif kind == "linear":
+            out.append(units[1])
+        elif kind == "cross":
+            u = units[2]
+            halves = u.reshape(*u.shape[:-2], count, 2, size, u.shape[-1])
+            product = (halves[..., 0, :, None, :] * math.sqrt(2.0)) * halves[..., 1, None, :, :]
+            out.append(product.reshape(*u.shape[:-2], count * size * size, u.shape[-1]))
+        elif kind == "pairs":
+            u = units[2]
+            grouped = u.reshape(*u.shape[:-2], count, size, u.shape[-1])
+            first, second = np.asarray(pairs_in_block(size), dtype=np.int32).reshape(-1, 2).T
+            weight = np.where(first == second, 1.0, math.sqrt(2.0))[:, None].astype(u.dtype)
+            product = jnp.take(grouped, first, axis=-2) * jnp.take(grouped, second, axis=-2) * weight
+            out.append(product.reshape(*u.shape[:-2], count * first.shape[0], u.shape[-1]))
+        else:
+            out.append(jnp.swapaxes(_power_features(jnp.swapaxes(units[n], -1, -2), n), -1, -2))
+    return out
 
 
 # --- the steps ---------------------------------------------------------------------------------------
@@ -410,26 +456,72 @@ def _chunked(x: Inputs, size: int):
         a, b = _chunk(x.a, n, size, 0), _chunk(x.b, n, size, 0)
         weight = jnp.cos(math.pi / 2 * (a[..., :, None] - b[..., None, :]))
     intra = _attend(kernel, yq, yk, v, log_weight, weight)
-    # 2. chunk states in the state dtype; padding keys get exp(-inf) = 0
-    fk, lk = _scaled(kernel, yk.astype(sd))
-    valid = (jnp.arange(n * size) < T).reshape(n, size)
-    to_end = jnp.where(valid, _suffix_sums(g), -jnp.inf)
-    kw = None if x.kw is None else _chunk(x.kw, n, size, 1)
-    states, scales = _chunk_states(fk, lk, to_end, _values(v.astype(sd), _to(kw, sd)))
-    # 3. the discounted scan across chunks, chunk axis first
-    (final, final_scale), (entering, entering_scales) = lax.scan(
-        _scan_step,
-        (x.initial, x.initial_scale),
-        (jnp.moveaxis(states, -3, 0), jnp.moveaxis(scales, -1, 0), jnp.moveaxis(jnp.sum(g, -1), -1, 0)),
-    )
-    entering, entering_scales = jnp.moveaxis(entering, 0, -3), jnp.moveaxis(entering_scales, 0, -1)
-    # 4. the query of the state entering each chunk
-    fq, lq = _scaled(kernel, yq.astype(sd))
-    qw = None if x.qw is None else _chunk(x.qw, n, size, 1)
-    inter = _query(fq, lq, jnp.cumsum(g, -1), entering, entering_scales, _to(qw, sd), e)
+    # 2-4. the state path, chunk by chunk through lax.scan (as ``spec.forms.chunked``)
+    inter, final, final_scale = _chunk_by_chunk(x, n, size, g, yq, yk, v)
     y = _finish(_merge(intra, _back(inter, yq.dtype)), x.normalize, x.eps)
     y = y.reshape(*y.shape[:-3], n * size, e)[..., :T, :]
     return y, (final, final_scale)
+
+
+def _chunk_by_chunk(x: Inputs, n: int, size: int, g, yq, yk, v):
+    """Steps 2-4 fused in one ``lax.scan`` over chunks, the state held as feature row blocks: the jax
+    form of ``spec.forms._chunk_by_chunk`` (see there). yq, yk [..., n, C, d], v [..., n, C, e], g
+    [..., n, C] (zeros without gates). Returns the inter-chunk partial (num, den, m) and the final (SZ in
+    table order, log scale)."""
+    kernel, e, sd = x.kernel, x.e, x.state_dtype
+    d, degrees = yq.shape[-1], tuple(kernel.degrees)
+    shapes = block_shapes(d, degrees)
+    q_units, q_constant, q_lam = _units(kernel, yq.astype(sd))
+    k_units, k_constant, k_lam = _units(kernel, yk.astype(sd))
+    valid = (jnp.arange(n * size) < x.T).reshape(n, size)
+    k_log = k_lam + jnp.where(valid, _suffix_sums(g), -jnp.inf)
+    chunk_max = jnp.max(k_log, -1)
+    kw = None if x.kw is None else _chunk(x.kw, n, size, 1)
+    values = (
+        _values(v.astype(sd), _to(kw, sd)) * jnp.exp(k_log - _finite_or_zero(chunk_max)[..., None])[..., None]
+    )
+    qw = None if x.qw is None else _chunk(x.qw, n, size, 1).astype(sd)
+
+    def first(t: Any, axis: int) -> Any:  # the chunk axis first, for lax.scan
+        return None if t is None else jnp.moveaxis(t, axis, 0)
+
+    def feature_major(units: dict[int, Any]) -> dict[int, Any]:  # [n, ..., d, C]
+        return {degree: first(jnp.swapaxes(u, -1, -2), -3) for degree, u in units.items()}
+
+    chunks = (
+        feature_major(q_units), first(None if q_constant is None else q_constant[..., None, :], -3),
+        feature_major(k_units), first(None if k_constant is None else k_constant[..., None, :], -3),
+        first(values, -3), first(chunk_max, -1), first(jnp.sum(g, -1), -1), first(qw, -3),
+    )  # fmt: skip
+
+    def step(carry, chunk):
+        state, scale = carry
+        q_u, q_c, k_u, k_c, weighted, top, total, weight = chunk
+        product = None
+        for f, s in zip(_feature_blocks(shapes, q_u, q_c), state, strict=True):
+            term = jnp.swapaxes(f, -1, -2) @ s
+            product = term if product is None else product + term
+        if weight is not None:
+            product = jnp.sum(product.reshape(*product.shape[:-1], 2, e + 1) * weight[..., None], -2)
+        decayed = scale + total
+        new_scale = jnp.maximum(decayed, top)
+        reference = _finite_or_zero(new_scale)
+        weighted = weighted * jnp.exp(top - reference)[..., None, None]
+        keep = jnp.exp(decayed - reference)[..., None, None]
+        k_features = _feature_blocks(shapes, k_u, k_c)
+        new_state = tuple(keep * s + f @ weighted for f, s in zip(k_features, state, strict=True))
+        return (new_state, new_scale), (product[..., :e], product[..., e], scale)
+
+    rows, start, initial = np.asarray(row_order(d, degrees)), 0, []
+    for shape in shapes:
+        height = block_height(*shape)
+        initial.append(jnp.take(x.initial, rows[start : start + height], axis=-2))
+        start += height
+    (state, scale), (nums, dens, entering) = lax.scan(step, (tuple(initial), x.initial_scale), chunks)
+    m = q_lam + jnp.cumsum(g, -1) + jnp.moveaxis(entering, 0, -1)[..., None]
+    inter = (jnp.moveaxis(nums, 0, -3), jnp.moveaxis(dens, 0, -2), m)
+    final = jnp.take(jnp.concatenate(state, -2), np.asarray(inverse_order(d, degrees)), axis=-2)
+    return inter, final, scale
 
 
 def _parallel(x: Inputs, return_state: bool):

@@ -1,19 +1,19 @@
 """PyTorch backend: the three forms of math.md in native torch operations, on CPU and CUDA.
 
 The same function, state and numerics contract as the specification (``sympow.spec``), written with
-torch operations for speed: fused feature construction from the spec's index table, batched matmuls for
-the intra-chunk attention, the chunk states and the query of the states, ``torch.cumsum`` for the angles
-and the in-chunk gate sums. Notation as in ``spec.steps``: y = sigma^{1/2} R(mu_t) x (rectified for relu),
-phi(y) = exp(lam) f with every block of f of norm <= 1, g the log-gates, and partial results (num, den, m)
-standing for N = exp(m) num, Z = exp(m) den.
+torch operations for speed: batched matmuls for the intra-chunk attention; the chunked form's state path
+chunk by chunk with the features of one chunk at a time, built in row blocks (``spec.feature_blocks``);
+``torch.cumsum`` for the angles and the in-chunk gate sums. Notation as in ``spec.steps``:
+y = sigma^{1/2} R(mu_t) x (rectified for relu), phi(y) = exp(lam) f with every block of f of norm <= 1,
+g the log-gates, and partial results (num, den, m) standing for N = exp(m) num, Z = exp(m) den.
 
-Numerics (math.md section 7): scores and features are computed in float32 for float16, bfloat16 and
-float32 inputs (float64 for float64), the state (S, z) is kept in the same dtype as exp(M) SZ with a log
-scale M per batch entry; gate sums are segment sums inside a chunk (never a difference of long prefix
-sums, never the exp of a positive number); rotary angles are accumulated in float64; eps acts on the true
-denominator; an all-zero row gives 0, not NaN. Every operation is differentiable (autograd) and the
-chunked form compiles with ``torch.compile(fullgraph=True)``: after validation, ``forward`` is tensor
-code only, with one Python loop over chunks (the scan of states) and none over tokens.
+Numerics (math.md section 7): scores are computed in float32 for float16, bfloat16 and float32 inputs
+(float64 for float64); the state path (features, S, z) in ``state_dtype_for`` the input dtype, kept as
+exp(M) SZ with a log scale M per batch entry; gate sums are segment sums inside a chunk (never a
+difference of long prefix sums, never the exp of a positive number); rotary angles are accumulated in
+float64; eps acts on the true denominator; an all-zero row gives 0, not NaN. Every operation is
+differentiable (autograd) and the chunked form compiles with ``torch.compile(fullgraph=True)``: after
+validation, ``forward`` is tensor code only, with one Python loop over chunks and none over tokens.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..spec import Request, State
+from ..spec.feature_blocks import block_height, block_shapes, inverse_order, pairs_in_block, row_order
 from ..spec.features import feature_table
 from ..spec.kernel import Kernel
 from ..spec.rotary import TWO_PI
@@ -264,12 +265,9 @@ def _finite_or_zero(m: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(m), m, 0.0)
 
 
-def _scaled(kernel: Kernel, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(f [..., D], lam [...]) with phi(y) = exp(lam) f and every block of f of norm <= 1.
-
-    With u = y / |y| and L = log |y|: phi(y) = concat_n sqrt(c_n) |y|^n phi_n(u), lam = max_n (log c_n / 2
-    + n L); where phi(y) = 0 (y = 0 and no degree 0), f = 0 and lam = 0.
-    """
+def _log_scales(kernel: Kernel, y: torch.Tensor):
+    """(u = y / |y|, [x_n], lam): each degree's log scale x_n = log c_n / 2 + n log|y| (-inf for n > 0
+    where y = 0) and lam = max_n x_n (0 where all are -inf), as ``spec.features.log_scales``."""
     peak = y.abs().amax(-1, keepdim=True)
     ratio = y / torch.where(peak > 0, peak, 1.0)
     squares = (ratio * ratio).sum(-1, keepdim=True)
@@ -285,12 +283,21 @@ def _scaled(kernel: Kernel, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
             exponents.append(torch.full_like(safe_norm, 0.5 * log_c))
         else:
             exponents.append(torch.where(finite, 0.5 * log_c + n * safe_norm, -math.inf))
-    if len(exponents) == 1:  # one degree: f = phi_n(u) (zero where y = 0), lam = its exponent
-        return _power_features(unit, kernel.degrees[0]), _finite_or_zero(exponents[0])
     lam = exponents[0]
     for exponent in exponents[1:]:
         lam = torch.maximum(lam, exponent)
-    lam = _finite_or_zero(lam)
+    return unit, exponents, _finite_or_zero(lam)
+
+
+def _scaled(kernel: Kernel, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f [..., D], lam [...]) with phi(y) = exp(lam) f and every block of f of norm <= 1.
+
+    With u = y / |y| and L = log |y|: phi(y) = concat_n sqrt(c_n) |y|^n phi_n(u), lam = max_n (log c_n / 2
+    + n L); where phi(y) = 0 (y = 0 and no degree 0), f = 0 and lam = 0.
+    """
+    unit, exponents, lam = _log_scales(kernel, y)
+    if len(exponents) == 1:  # one degree: f = phi_n(u) (zero where y = 0), lam = its exponent
+        return _power_features(unit, kernel.degrees[0]), lam
     blocks = [
         torch.exp(exponent - lam)[..., None] * _power_features(unit, n)
         for n, exponent in zip(kernel.degrees, exponents, strict=True)
@@ -474,30 +481,149 @@ def _chunked(x: Inputs, size: int, return_state: bool):
         a, b = _chunk(x.a, n, size, 0), _chunk(x.b, n, size, 0)
         weight = torch.cos(math.pi / 2 * (a[..., :, None] - b[..., None, :]))
     intra = _attend(kernel, yq, yk, v, log_weight, weight)
-    # 2. chunk states (in the state dtype); padding keys get exp(-inf) = 0
-    sd = x.initial.dtype
-    fk, lk = _scaled(kernel, yk.to(sd))
-    g = None if g is None else g.to(sd)
-    valid = (torch.arange(n * size, device=yk.device) < T).reshape(n, size)
-    if g is None:
-        to_end = torch.where(valid, 0.0, -math.inf).to(lk.dtype)
-        from_start = torch.zeros_like(lk)
-        decays = torch.zeros(lk.shape[:-1], dtype=lk.dtype, device=lk.device)
-    else:
-        to_end = torch.where(valid, _suffix_sums(g), -math.inf)
-        from_start = torch.cumsum(g, dim=-1)
-        decays = g.sum(-1)
-    kw = None if x.kw is None else _chunk(x.kw, n, size, 1)
-    states, scales = _chunk_states(fk, lk, to_end, _values(v.to(sd), _to(kw, sd)))
-    # 3. discounted scan across chunks
-    entering, entering_scales, final, final_scale = _scan(states, scales, decays, x.initial, x.initial_scale)
-    # 4. query of the state entering each chunk
-    fq, lq = _scaled(kernel, yq.to(sd))
-    qw = None if x.qw is None else _chunk(x.qw, n, size, 1)
-    inter = _query(fq, lq, from_start, entering, entering_scales, _to(qw, sd), e)
+    # 2-4. the state path, chunk by chunk (as ``spec.forms.chunked``)
+    inter, final, final_scale = _chunk_by_chunk(x, n, size, g, yq, yk, v)
     y = _finish(_merge(intra, _back(inter, yq.dtype)), x.normalize, x.eps)
     y = y.reshape(*y.shape[:-3], n * size, e)[..., :T, :]
     return y, (final, final_scale) if return_state else None
+
+
+def _chunk_by_chunk(x: Inputs, n: int, size: int, g, yq, yk, v):
+    """Steps 2-4 fused, one chunk at a time, the state held as feature row blocks: the torch form of
+    ``spec.forms._chunk_by_chunk`` (see there). yq, yk [..., n, C, d], v [..., n, C, e], g [..., n, C] or
+    None. Returns the inter-chunk partial (num, den, m) and the final (SZ in table order, log scale)."""
+    kernel, e, sd, dev = x.kernel, x.e, x.initial.dtype, yq.device
+    d, degrees = yq.shape[-1], tuple(kernel.degrees)
+    shapes = block_shapes(d, degrees)
+    q_units, q_constant, q_lam = _units(kernel, yq.to(sd))
+    k_units, k_constant, k_lam = _units(kernel, yk.to(sd))
+    valid = (torch.arange(n * size, device=dev) < x.T).reshape(n, size)
+    if g is None:
+        to_end, q_log, totals = torch.where(valid, 0.0, -math.inf).to(sd), q_lam, None
+    else:
+        g = g.to(sd)
+        to_end = torch.where(valid, _suffix_sums(g), -math.inf)
+        q_log, totals = q_lam + torch.cumsum(g, dim=-1), g.sum(-1).unbind(-1)
+    k_log = k_lam + to_end
+    chunk_max = k_log.amax(-1)
+    kw = None if x.kw is None else _chunk(x.kw, n, size, 1).to(sd)
+    values = _values(v.to(sd), kw) * torch.exp(k_log - _finite_or_zero(chunk_max)[..., None])[..., None]
+    qw = None if x.qw is None else _chunk(x.qw, n, size, 1).to(sd).unbind(-3)
+
+    # chunks taken with unbind (whose gradient is one stack), not by indexing in the loop
+    q_chunks = _chunks_of(q_units, q_constant, n)
+    k_chunks = _chunks_of(k_units, k_constant, n)
+    rows = _row_order(d, degrees, dev)
+    state, start = [], 0
+    for degree, kind, count, size in shapes:
+        height = block_height(degree, kind, count, size)
+        state.append(x.initial.index_select(-2, rows[start : start + height]))
+        start += height
+    scale = x.initial_scale
+    nums, dens, entering = [], [], []
+    for c, (weighted, top) in enumerate(zip(values.unbind(-3), chunk_max.unbind(-1), strict=True)):
+        product = None
+        for f, s in zip(_feature_blocks(shapes, *q_chunks[c]), state, strict=True):
+            term = f.transpose(-1, -2) @ s
+            product = term if product is None else product + term
+        if qw is not None:
+            product = (product.reshape(*product.shape[:-1], x.halves, e + 1) * qw[c][..., None]).sum(-2)
+        nums.append(product[..., :e])
+        dens.append(product[..., e])
+        entering.append(scale)
+        decayed = scale if totals is None else scale + totals[c]
+        new_scale = torch.maximum(decayed, top)
+        reference = _finite_or_zero(new_scale)
+        weighted = weighted * torch.exp(top - reference)[..., None, None]
+        keep = torch.exp(decayed - reference)[..., None, None]
+        k_features = _feature_blocks(shapes, *k_chunks[c])
+        state = [keep * s + f @ weighted for f, s in zip(k_features, state, strict=True)]
+        scale = new_scale
+    inter = (torch.stack(nums, -3), torch.stack(dens, -2), q_log + torch.stack(entering, -1)[..., None])
+    final = torch.cat(state, dim=-2).index_select(-2, _table_rows(d, degrees, dev))
+    return inter, final, scale
+
+
+def _chunks_of(
+    units: dict[int, torch.Tensor], constant: torch.Tensor | None, n: int
+) -> list[tuple[Any, Any]]:
+    """Per chunk ({degree: u [..., d, C]}, constant [..., 1, C] or None) from [..., n, C, d], [..., n, C]."""
+    per_degree = {degree: u.transpose(-1, -2).unbind(-3) for degree, u in units.items()}
+    constants = [None] * n if constant is None else [c[..., None, :] for c in constant.unbind(-2)]
+    return [({degree: u[c] for degree, u in per_degree.items()}, constants[c]) for c in range(n)]
+
+
+def _feature_blocks(
+    shapes, units: dict[int, torch.Tensor], constant: torch.Tensor | None
+) -> list[torch.Tensor]:
+    """The feature row blocks [..., D_l, C] of one chunk (``spec.feature_blocks.build`` in torch)."""
+    out = []
+    for n, kind, count, size in shapes:
+        if kind == "constant":
+            out.append(constant)
+        elif kind == "linear":
+            out.append(units[1])
+        elif kind == "cross":
+            u = units[2]
+            halves = u.reshape(*u.shape[:-2], count, 2, size, u.shape[-1])
+            product = (halves[..., 0, :, None, :] * math.sqrt(2.0)) * halves[..., 1, None, :, :]
+            out.append(product.reshape(*u.shape[:-2], count * size * size, u.shape[-1]))
+        elif kind == "pairs":
+            u = units[2]
+            grouped = u.reshape(*u.shape[:-2], count, size, u.shape[-1])
+            first, second = _pair_index(size, u.device)
+            ones = torch.ones(first.shape, dtype=u.dtype, device=u.device)  # sqrt 2 rounded in u's dtype
+            weight = torch.where(first == second, ones, ones * math.sqrt(2.0))[:, None]
+            product = grouped.index_select(-2, first) * grouped.index_select(-2, second) * weight
+            out.append(product.reshape(*u.shape[:-2], count * first.shape[0], u.shape[-1]))
+        else:
+            out.append(_power_features(units[n].transpose(-1, -2), n).transpose(-1, -2))
+    return out
+
+
+def _units(kernel: Kernel, y: torch.Tensor):
+    """({n: u_n}, constant or None, lam) as ``spec.feature_blocks.scaled_units``."""
+    unit, exponents, lam = _log_scales(kernel, y)
+    units, constant = {}, None
+    for n, exponent in zip(kernel.degrees, exponents, strict=True):
+        if n == 0:
+            constant = torch.exp(exponent - lam)
+        elif len(exponents) == 1:
+            units[n] = unit
+        else:
+            units[n] = unit * torch.exp((exponent - lam) / n)[..., None]
+    return units, constant, lam
+
+
+# Constant index tensors, cached per device. Under torch.compile each is a constant of the graph; a
+# function marked so may be called with one set of arguments per graph only, hence one table each.
+
+
+@torch.compiler.assume_constant_result
+def _row_order(d: int, degrees: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Every block's table rows, blocks concatenated (``spec.feature_blocks.row_order``)."""
+    key = ("order", d, degrees, str(device))
+    if key not in _tables:
+        _tables[key] = torch.tensor(row_order(d, degrees), device=device)
+    return _tables[key]
+
+
+@torch.compiler.assume_constant_result
+def _table_rows(d: int, degrees: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """For each feature in table order, its row among the concatenated blocks."""
+    key = ("inverse", d, degrees, str(device))
+    if key not in _tables:
+        _tables[key] = torch.tensor(inverse_order(d, degrees), device=device)
+    return _tables[key]
+
+
+@torch.compiler.assume_constant_result
+def _pair_index(size: int, device: torch.device) -> torch.Tensor:
+    """[2, pairs]: the entries a and b of each pair a <= b in a block of ``size``."""
+    key = ("pairs", size, str(device))
+    if key not in _tables:
+        _tables[key] = torch.tensor(pairs_in_block(size), device=device).T.contiguous()
+    return _tables[key]
 
 
 def _parallel(x: Inputs, return_state: bool):

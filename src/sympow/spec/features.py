@@ -48,7 +48,7 @@ def feature_table(d: int, p: int) -> tuple[tuple[tuple[int, ...], ...], tuple[fl
 _coefficient_cache: dict[tuple[Any, ...], Any] = {}
 
 
-def _coefficients_on(xp: Any, dev: Any, dtype: Any, d: int, p: int) -> Any:
+def coefficients_on(xp: Any, dev: Any, dtype: Any, d: int, p: int) -> Any:
     """The coefficients of phi_p as an array of ``xp`` on ``dev``, cached when concrete (arrays made while
     JAX traces a function belong to that trace and are not kept)."""
     key = (xp.__name__, str(dev), str(dtype), d, p)
@@ -88,7 +88,7 @@ def symmetric_power_features(x: Any, p: int, xp: Any = None) -> Any:
     xp = array_namespace(x) if xp is None else xp
     features = monomials(x, p, xp)
     if p > 1:
-        features *= _coefficients_on(xp, device(x), x.dtype, x.shape[-1], p)  # a fresh array: no alias
+        features *= coefficients_on(xp, device(x), x.dtype, x.shape[-1], p)  # a fresh array: no alias
     return features
 
 
@@ -111,30 +111,36 @@ def safe_log(x: Any, xp: Any) -> Any:
     return xp.where(positive, xp.log(xp.where(positive, x, xp.ones_like(x))), xp.full_like(x, -math.inf))
 
 
-def scaled(kernel: Kernel, y: Any, xp: Any) -> tuple[Any, Any]:
-    """(f, lam) with phi(x) = exp(lam)[..., None] * f for the kernel's feature map.
-
-    ``y`` is sigma^{1/2} x, already rectified for ``relu``: [..., d] -> f [..., D], lam [...]. Every block
-    of f has norm at most one. Where phi(x) = 0 (x = 0 and no degree 0), f = 0 and lam = 0.
+def log_scales(kernel: Kernel, y: Any, xp: Any) -> tuple[Any, list[Any], Any]:
+    """(u, [x_n], lam): the unit vector u = y / |y|, each degree's log scale x_n = log(c_n)/2 + n log|y|
+    (-inf for n > 0 where y = 0) and their maximum lam (0 where all are -inf); [..., d] -> [..., d], [...].
     """
     unit, log_magnitude = log_norm(y, xp)
     finite = xp.isfinite(log_magnitude)
-    safe_log = xp.where(finite, log_magnitude, xp.zeros_like(log_magnitude))
+    safe = xp.where(finite, log_magnitude, xp.zeros_like(log_magnitude))
     exponents = []
     for n, log_c in zip(kernel.degrees, kernel.log_coefficients, strict=True):
-        exponent = 0.5 * log_c + n * safe_log
+        exponent = 0.5 * log_c + n * safe
         if n > 0:
             exponent = xp.where(finite, exponent, xp.full_like(exponent, -math.inf))
         exponents.append(exponent)
     lam = exponents[0]
     for exponent in exponents[1:]:
         lam = xp.maximum(lam, exponent)
-    lam = xp.where(xp.isfinite(lam), lam, xp.zeros_like(lam))
+    return unit, exponents, xp.where(xp.isfinite(lam), lam, xp.zeros_like(lam))
+
+
+def scaled(kernel: Kernel, y: Any, xp: Any) -> tuple[Any, Any]:
+    """(f, lam) with phi(x) = exp(lam)[..., None] * f for the kernel's feature map.
+
+    ``y`` is sigma^{1/2} x, already rectified for ``relu``: [..., d] -> f [..., D], lam [...]. Every block
+    of f has norm at most one. Where phi(x) = 0 (x = 0 and no degree 0), f = 0 and lam = 0.
+    """
+    unit, exponents, lam = log_scales(kernel, y, xp)
     if len(exponents) == 1:  # the one degree's exponent is lam itself
         return symmetric_power_features(unit, kernel.degrees[0], xp), lam
     blocks = [
         xp.exp(exponent - lam)[..., None] * symmetric_power_features(unit, n, xp)
         for n, exponent in zip(kernel.degrees, exponents, strict=True)
     ]
-    features = blocks[0] if len(blocks) == 1 else xp.concat(blocks, axis=-1)
-    return features, lam
+    return xp.concat(blocks, axis=-1), lam

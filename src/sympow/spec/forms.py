@@ -5,7 +5,10 @@
 - recurrent: S <- gamma_t S + phi(k~_t) v_t^T, z <- gamma_t z + phi(k~_t), y_t = phi(q~_t)^T S / (...),
   token by token, the state kept as exp(M) SZ with M <- max(M + g_t, lam_t); token t's own term is
   taken from its score.
-- chunked(C): the four steps of ``steps`` over chunks of C tokens (the last may be shorter).
+- chunked(C): chunks of C tokens (the last may be shorter). Step 1 of ``steps`` (the intra-chunk
+  attention) for every chunk at once; steps 2-4 (chunk state, scan, query of the entering state) fused,
+  one chunk at a time, with the features of one chunk only, built in row blocks (``feature_blocks``).
+  So memory is O(T C + D e) per batch entry, and no T x D feature array or stack of states exists.
 
 ``choose_form`` is the FLOP model of section 6: parallel costs about T (d+e) per token, chunked about
 C (d+e) + 4 D' e, so chunked wins once T > 4 D' e / (d+e) + C.
@@ -18,11 +21,12 @@ from typing import Any
 
 from array_api_compat import device
 
+from .feature_blocks import build, inverse_order, layout, scaled_units
 from .features import scaled
 from .prepare import Prepared, unpack_state
 from .state import State
 from .steps import attend, chunk_states, finish, finite_or_zero, merge, query_states, scan_states
-from .weights import prefix_sums, segment_sums, suffix_sums
+from .weights import causal_mask, prefix_sums, segment_sums, suffix_sums
 
 ROW_BLOCK_ELEMENTS = 1 << 22  # score-matrix entries per batch entry in one block of the parallel form
 Result = tuple[Any, State | None]
@@ -158,39 +162,99 @@ def _chunk(x: Any, n: int, size: int, xp: Any, fill: float = 0.0, tail: int = 0)
 
 
 def chunked(p: Prepared, return_state: bool) -> Result:
-    xp, T, e = p.xp, p.T, p.e
+    xp, T = p.xp, p.T
     size = min(p.chunk_size, T)
     n = -(-T // size)
-    g = _chunk(_gates(p), n, size, xp)
+    g = None if p.g is None else _chunk(p.g, n, size, xp)
     yq, yk, v = (_chunk(x, n, size, xp, tail=1) for x in (p.yq, p.yk, p.v))
-    query_weight = None if p.query_weight is None else _chunk(p.query_weight, n, size, xp, tail=1)
-    key_weight = None if p.key_weight is None else _chunk(p.key_weight, n, size, xp, tail=1)
 
-    # 1. intra-chunk attention
+    # 1. intra-chunk attention, every chunk at once
     weight = None
     if p.a is not None:
-        a, b = _chunk(p.a, n, size, xp), _chunk(p.b, n, size, xp)
-        weight = _proportion_matrix(a, b, xp)
-    intra = attend(p.kernel, yq, yk, v, segment_sums(g, xp), weight, xp)
-    # 2. chunk states; padding keys (past T) get weight exp(-inf) = 0
-    g = p.for_state(g)
-    k_features, k_lam = scaled(p.kernel, p.for_state(yk), xp)
-    valid = xp.arange(n * size, device=device(g)) < T
-    to_end = xp.where(xp.reshape(valid, (n, size)), suffix_sums(g, xp), xp.full_like(g, -math.inf))
-    states, scales = chunk_states(k_features, k_lam, to_end, p.for_state(v), p.for_state(key_weight), xp)
-    # 3. discounted scan across chunks
-    entering, entering_scale, final, final_scale = scan_states(
-        states, scales, xp.sum(g, axis=-1), p.initial, p.initial_scale, xp
-    )
-    # 4. query of the state entering each chunk
-    q_features, q_lam = scaled(p.kernel, p.for_state(yq), xp)
-    inter = query_states(
-        q_features, q_lam, prefix_sums(g, xp), entering, entering_scale,
-        p.for_state(query_weight), e, xp,
-    )  # fmt: skip
+        weight = _proportion_matrix(_chunk(p.a, n, size, xp), _chunk(p.b, n, size, xp), xp)
+    log_weight = causal_mask(size, yq.dtype, device(yq), xp) if g is None else segment_sums(g, xp)
+    intra = attend(p.kernel, yq, yk, v, log_weight, weight, xp)
+    # 2-4. the state path, chunk by chunk
+    inter, final, final_scale = _chunk_by_chunk(p, n, size, g, yq, yk, v)
     y = finish(merge(intra, p.back(inter), xp), p.normalize, p.eps, xp)
-    y = xp.reshape(y, (*y.shape[:-3], n * size, e))[..., :T, :]
+    y = xp.reshape(y, (*y.shape[:-3], n * size, p.e))[..., :T, :]
     return y, unpack_state(final, final_scale, p) if return_state else None
+
+
+def _chunk_by_chunk(p: Prepared, n: int, size: int, g: Any, yq: Any, yk: Any, v: Any) -> tuple[Any, Any, Any]:
+    """Steps 2-4 of ``steps`` fused, one chunk at a time: query the state entering the chunk, then add
+    the chunk's keys. The state is held as row blocks (``feature_blocks``), each updated by
+    S_l <- exp(M + g_chunk - M') S_l + f_l(K_c)^T (exp(lam + G_to_end - M') [V_c | 1]),
+    M' = max(M + g_chunk, max_j (lam_j + G_j->end)), so only one chunk's features exist at a time.
+
+    yq, yk [B, n, C, d], v [B, n, C, e], g [B, n, C] or None. Returns the inter-chunk partial
+    (num [B, n, C, e], den [B, n, C], m [B, n, C]) and the final (SZ in table order, log scale).
+    """
+    xp, e, kernel, dev = p.xp, p.e, p.kernel, device(yq)
+    blocks = layout(yq.shape[-1], kernel.degrees)
+    q_units, q_constant, q_lam = scaled_units(kernel, p.for_state(yq), xp)
+    k_units, k_constant, k_lam = scaled_units(kernel, p.for_state(yk), xp)
+    q_units = {d: xp.matrix_transpose(u) for d, u in q_units.items()}  # [B, n, d, C]: tokens last
+    k_units = {d: xp.matrix_transpose(u) for d, u in k_units.items()}
+    valid = xp.reshape(xp.arange(n * size, device=dev) < p.T, (n, size))
+    if g is None:
+        to_end = xp.where(valid, xp.zeros_like(k_lam), xp.full_like(k_lam, -math.inf))
+        q_log, totals = q_lam, None
+    else:
+        g = p.for_state(g)
+        to_end = xp.where(valid, suffix_sums(g, xp), xp.full_like(g, -math.inf))
+        q_log, totals = q_lam + prefix_sums(g, xp), xp.sum(g, axis=-1)
+    k_log = k_lam + to_end
+    values = p.for_state(v)
+    values = xp.concat([values, xp.ones_like(values[..., :1])], axis=-1)  # (v_j | 1)
+    if p.key_weight is not None:
+        key_weight = p.for_state(_chunk(p.key_weight, n, size, xp, tail=1))
+        values = xp.concat([values * key_weight[..., h : h + 1] for h in range(p.halves)], axis=-1)
+    query_weight = (
+        None if p.query_weight is None else p.for_state(_chunk(p.query_weight, n, size, xp, tail=1))
+    )
+
+    # each chunk's keys weighted against the chunk's largest log-weight; the running scale is applied
+    # per chunk below, as one number per batch entry
+    chunk_max = xp.max(k_log, axis=-1)
+    values = values * xp.exp(k_log - finite_or_zero(chunk_max, xp)[..., None])[..., None]
+
+    state = [xp.take(p.initial, xp.asarray(block.rows, device=dev), axis=-2) for block in blocks]
+    scale = p.initial_scale
+    nums, dens, entering = [], [], []
+    for c in range(n):
+        q_features = build(blocks, _at(q_units, c), _constant_at(q_constant, c), xp)
+        product = xp.matrix_transpose(q_features[0]) @ state[0]
+        for f, s in zip(q_features[1:], state[1:], strict=True):
+            product = product + xp.matrix_transpose(f) @ s
+        if query_weight is not None:
+            product = xp.reshape(product, (*product.shape[:-1], p.halves, e + 1))
+            product = xp.sum(product * query_weight[..., c, :, :, None], axis=-2)
+        nums.append(product[..., :e])
+        dens.append(product[..., e])
+        entering.append(scale)
+
+        decayed = scale if totals is None else scale + totals[..., c]
+        new_scale = xp.maximum(decayed, chunk_max[..., c])
+        reference = finite_or_zero(new_scale, xp)
+        weighted = values[..., c, :, :] * xp.exp(chunk_max[..., c] - reference)[..., None, None]
+        keep = xp.exp(decayed - reference)[..., None, None]
+        k_features = build(blocks, _at(k_units, c), _constant_at(k_constant, c), xp)
+        state = [keep * s + f @ weighted for f, s in zip(k_features, state, strict=True)]
+        scale = new_scale
+    m = q_log + xp.stack(entering, axis=-1)[..., None]
+    inter = (xp.stack(nums, axis=-3), xp.stack(dens, axis=-2), m)
+    order = xp.asarray(inverse_order(yq.shape[-1], kernel.degrees), device=dev)
+    final = xp.take(xp.concat(state, axis=-2), order, axis=-2)
+    return inter, final, scale
+
+
+def _at(units: dict[int, Any], c: int) -> dict[int, Any]:
+    return {degree: u[..., c, :, :] for degree, u in units.items()}
+
+
+def _constant_at(constant: Any, c: int) -> Any:
+    return None if constant is None else constant[..., c, None, :]
 
 
 FORMS = {"parallel": parallel, "recurrent": recurrent, "chunked": chunked}

@@ -13,8 +13,9 @@ true entries are far outside float32's range (even powers of large scores) is st
 `mu` is kept reduced modulo 2 pi, in float64 where the namespace has it.
 
 Dtype: the reference keeps S, z and log_scale in its accumulation dtype, float64 wherever the namespace has
-it (also for float32 or 16-bit inputs: see spec/prepare.py), float32 otherwise; native backends and GPU
-kernels keep float32. Any state is accepted by any form and backend and cast on entry.
+it (also for float32 or 16-bit inputs: see spec/prepare.py), float32 otherwise; the native torch and JAX
+backends keep float64 for float32 and float64 inputs (JAX: when x64 is enabled) and float32 for 16-bit
+inputs; the GPU kernels keep float32. Any state is accepted by any form and backend and cast on entry.
 """
 
 from __future__ import annotations

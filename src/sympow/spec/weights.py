@@ -30,6 +30,14 @@ def segment_sums(g: Any, xp: Any) -> Any:
     return xp.where(rows >= cols, sums, xp.full_like(sums, -math.inf))
 
 
+def causal_mask(size: int, dtype: Any, dev: Any, xp: Any) -> Any:
+    """[C, C]: 0 where j <= i, -inf where j > i; the log-weights of a chunk without gates."""
+    rows = xp.arange(size, device=dev)[:, None]
+    cols = xp.arange(size, device=dev)[None, :]
+    zeros = xp.zeros((size, size), dtype=dtype, device=dev)
+    return xp.where(rows >= cols, zeros, xp.full_like(zeros, -math.inf))
+
+
 def prefix_sums(g: Any, xp: Any) -> Any:
     """sum_{l<=i} g_l along the last axis (inclusive)."""
     return xp.cumulative_sum(g, axis=-1)
