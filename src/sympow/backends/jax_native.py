@@ -31,7 +31,7 @@ import numpy as np
 from jax import lax
 
 from ..spec import Request, State
-from ..spec.feature_blocks import block_height, block_shapes, inverse_order, pairs_in_block, row_order
+from ..spec.feature_blocks import build, inverse_order, layout, scaled_units
 from ..spec.features import feature_table
 from ..spec.kernel import Kernel
 from ..spec.rotary import accumulate_angles
@@ -275,46 +275,6 @@ def _scaled(kernel: Kernel, y: Any) -> tuple[Any, Any]:
     return jnp.concatenate(blocks, -1), lam
 
 
-def _units(kernel: Kernel, y: Any) -> tuple[dict[int, Any], Any, Any]:
-    """({n: u_n}, constant or None, lam) as ``spec.feature_blocks.scaled_units``."""
-    unit, exponents, lam = _log_scales(kernel, y)
-    units, constant = {}, None
-    for n, exponent in zip(kernel.degrees, exponents, strict=True):
-        if n == 0:
-            constant = jnp.exp(exponent - lam)
-        elif len(exponents) == 1:
-            units[n] = unit
-        else:
-            units[n] = unit * jnp.exp((exponent - lam) / n)[..., None]
-    return units, constant, lam
-
-
-def _feature_blocks(shapes, units: dict[int, Any], constant: Any) -> list[Any]:
-    """The feature row blocks [..., D_l, C] of one chunk (``spec.feature_blocks.build`` in jax);
-    units[n] [..., d, C], constant [..., 1, C] or None."""
-    out = []
-    for n, kind, count, size in shapes:
-        if kind == "constant":
-            out.append(constant)
-        elif kind == "linear":
-            out.append(units[1])
-        elif kind == "cross":
-            u = units[2]
-            halves = u.reshape(*u.shape[:-2], count, 2, size, u.shape[-1])
-            product = (halves[..., 0, :, None, :] * math.sqrt(2.0)) * halves[..., 1, None, :, :]
-            out.append(product.reshape(*u.shape[:-2], count * size * size, u.shape[-1]))
-        elif kind == "pairs":
-            u = units[2]
-            grouped = u.reshape(*u.shape[:-2], count, size, u.shape[-1])
-            first, second = np.asarray(pairs_in_block(size), dtype=np.int32).reshape(-1, 2).T
-            weight = np.where(first == second, 1.0, math.sqrt(2.0))[:, None].astype(u.dtype)
-            product = jnp.take(grouped, first, axis=-2) * jnp.take(grouped, second, axis=-2) * weight
-            out.append(product.reshape(*u.shape[:-2], count * first.shape[0], u.shape[-1]))
-        else:
-            out.append(jnp.swapaxes(_power_features(jnp.swapaxes(units[n], -1, -2), n), -1, -2))
-    return out
-
-
 # --- the steps ---------------------------------------------------------------------------------------
 
 
@@ -470,9 +430,9 @@ def _chunk_by_chunk(x: Inputs, n: int, size: int, g, yq, yk, v):
     table order, log scale)."""
     kernel, e, sd = x.kernel, x.e, x.state_dtype
     d, degrees = yq.shape[-1], tuple(kernel.degrees)
-    shapes = block_shapes(d, degrees)
-    q_units, q_constant, q_lam = _units(kernel, yq.astype(sd))
-    k_units, k_constant, k_lam = _units(kernel, yk.astype(sd))
+    blocks = layout(d, degrees)
+    q_units, q_constant, q_lam = scaled_units(kernel, yq.astype(sd), jnp, _log_scales)
+    k_units, k_constant, k_lam = scaled_units(kernel, yk.astype(sd), jnp, _log_scales)
     valid = (jnp.arange(n * size) < x.T).reshape(n, size)
     k_log = k_lam + jnp.where(valid, _suffix_sums(g), -jnp.inf)
     chunk_max = jnp.max(k_log, -1)
@@ -498,7 +458,7 @@ def _chunk_by_chunk(x: Inputs, n: int, size: int, g, yq, yk, v):
         state, scale = carry
         q_u, q_c, k_u, k_c, weighted, top, total, weight = chunk
         product = None
-        for f, s in zip(_feature_blocks(shapes, q_u, q_c), state, strict=True):
+        for f, s in zip(build(blocks, q_u, q_c, jnp), state, strict=True):
             term = jnp.swapaxes(f, -1, -2) @ s
             product = term if product is None else product + term
         if weight is not None:
@@ -508,15 +468,11 @@ def _chunk_by_chunk(x: Inputs, n: int, size: int, g, yq, yk, v):
         reference = _finite_or_zero(new_scale)
         weighted = weighted * jnp.exp(top - reference)[..., None, None]
         keep = jnp.exp(decayed - reference)[..., None, None]
-        k_features = _feature_blocks(shapes, k_u, k_c)
+        k_features = build(blocks, k_u, k_c, jnp)
         new_state = tuple(keep * s + f @ weighted for f, s in zip(k_features, state, strict=True))
         return (new_state, new_scale), (product[..., :e], product[..., e], scale)
 
-    rows, start, initial = np.asarray(row_order(d, degrees)), 0, []
-    for shape in shapes:
-        height = block_height(*shape)
-        initial.append(jnp.take(x.initial, rows[start : start + height], axis=-2))
-        start += height
+    initial = [jnp.take(x.initial, np.asarray(block.rows), axis=-2) for block in blocks]
     (state, scale), (nums, dens, entering) = lax.scan(step, (tuple(initial), x.initial_scale), chunks)
     m = q_lam + jnp.cumsum(g, -1) + jnp.moveaxis(entering, 0, -1)[..., None]
     inter = (jnp.moveaxis(nums, 0, -3), jnp.moveaxis(dens, 0, -2), m)

@@ -25,7 +25,14 @@ from typing import Any
 import torch
 
 from ..spec import Request, State
-from ..spec.feature_blocks import block_height, block_shapes, inverse_order, pairs_in_block, row_order
+from ..spec.feature_blocks import (
+    block_height,
+    block_shapes,
+    inverse_order,
+    pairs_in_block,
+    row_order,
+    scaled_units,
+)
 from ..spec.features import feature_table
 from ..spec.kernel import Kernel
 from ..spec.rotary import TWO_PI
@@ -495,8 +502,8 @@ def _chunk_by_chunk(x: Inputs, n: int, size: int, g, yq, yk, v):
     kernel, e, sd, dev = x.kernel, x.e, x.initial.dtype, yq.device
     d, degrees = yq.shape[-1], tuple(kernel.degrees)
     shapes = block_shapes(d, degrees)
-    q_units, q_constant, q_lam = _units(kernel, yq.to(sd))
-    k_units, k_constant, k_lam = _units(kernel, yk.to(sd))
+    q_units, q_constant, q_lam = scaled_units(kernel, yq.to(sd), torch, _log_scales)
+    k_units, k_constant, k_lam = scaled_units(kernel, yk.to(sd), torch, _log_scales)
     valid = (torch.arange(n * size, device=dev) < x.T).reshape(n, size)
     if g is None:
         to_end, q_log, totals = torch.where(valid, 0.0, -math.inf).to(sd), q_lam, None
@@ -579,20 +586,6 @@ def _feature_blocks(
         else:
             out.append(_power_features(units[n].transpose(-1, -2), n).transpose(-1, -2))
     return out
-
-
-def _units(kernel: Kernel, y: torch.Tensor):
-    """({n: u_n}, constant or None, lam) as ``spec.feature_blocks.scaled_units``."""
-    unit, exponents, lam = _log_scales(kernel, y)
-    units, constant = {}, None
-    for n, exponent in zip(kernel.degrees, exponents, strict=True):
-        if n == 0:
-            constant = torch.exp(exponent - lam)
-        elif len(exponents) == 1:
-            units[n] = unit
-        else:
-            units[n] = unit * torch.exp((exponent - lam) / n)[..., None]
-    return units, constant, lam
 
 
 # Constant index tensors, cached per device. Under torch.compile each is a constant of the graph; a

@@ -26,12 +26,14 @@ one gather of its rows.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from array_api_compat import device
 
+from .concrete import is_concrete
 from .features import coefficients_on, feature_table, log_scales, monomials
 from .kernel import Kernel
 
@@ -132,11 +134,18 @@ def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(inverse)
 
 
-def scaled_units(kernel: Kernel, y: Any, xp: Any) -> tuple[dict[int, Any], Any, Any]:
+def scaled_units(
+    kernel: Kernel, y: Any, xp: Any, scales: Callable[[Kernel, Any], tuple[Any, list[Any], Any]] | None = None
+) -> tuple[dict[int, Any], Any, Any]:
     """({n: u_n [..., d]}, constant [...] or None, lam [...]) with phi(y) = exp(lam) f as in
     ``features.scaled``: f's degree-n block is phi_n(u_n), u_n = u exp((x_n - lam) / n), and its degree-0
-    block is ``constant`` = exp(x_0 - lam)."""
-    unit, exponents, lam = log_scales(kernel, y, xp)
+    block is ``constant`` = exp(x_0 - lam).
+
+    ``scales(kernel, y)`` gives (u, [x_n], lam), by default ``features.log_scales``; the native backends
+    pass their own, written in their framework (whose gradient at y = 0 is zero, not NaN). Only ``xp.exp``
+    is used here.
+    """
+    unit, exponents, lam = log_scales(kernel, y, xp) if scales is None else scales(kernel, y)
     units, constant = {}, None
     for n, exponent in zip(kernel.degrees, exponents, strict=True):
         if n == 0:
@@ -195,12 +204,15 @@ _tables: dict[tuple[Any, ...], tuple[Any, Any, Any]] = {}
 
 
 def _pair_tables(xp: Any, dev: Any, dtype: Any, size: int) -> tuple[Any, Any, Any]:
-    """(first, second, coefficient [pairs, 1]) of the pairs a <= b in a block of ``size``, cached."""
+    """(first, second, coefficient [pairs, 1]) of the pairs a <= b in a block of ``size``, cached when
+    concrete (arrays made while JAX traces a function belong to that trace and are not kept)."""
     key = (xp.__name__, str(dev), str(dtype), size)
-    if key not in _tables:
-        pairs = pairs_in_block(size)
-        first = xp.asarray([i for i, _ in pairs], device=dev)
-        second = xp.asarray([j for _, j in pairs], device=dev)
-        weight = xp.asarray([[1.0 if i == j else math.sqrt(2.0)] for i, j in pairs], dtype=dtype, device=dev)
+    if key in _tables:
+        return _tables[key]
+    pairs = pairs_in_block(size)
+    first = xp.asarray([i for i, _ in pairs], device=dev)
+    second = xp.asarray([j for _, j in pairs], device=dev)
+    weight = xp.asarray([[1.0 if i == j else math.sqrt(2.0)] for i, j in pairs], dtype=dtype, device=dev)
+    if is_concrete(weight):
         _tables[key] = (first, second, weight)
-    return _tables[key]
+    return first, second, weight
