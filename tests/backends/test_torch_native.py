@@ -108,8 +108,10 @@ def test_scores_past_float32_range(form):
     assert_close(y, y_ref, inputs["v"], dtype_name="float32", normalize=True, what=form)
 
 
-def test_chunked_form_compiles_without_graph_breaks():
-    """torch.compile(fullgraph=True) of everything after validation; same result as eager."""
+@pytest.mark.parametrize(("kernel", "power"), [("sympow", 2), ("taylor", 4)])
+def test_chunked_form_compiles_without_graph_breaks(kernel, power):
+    """torch.compile(fullgraph=True) of everything after validation; same result as eager. Taylor p = 4
+    has two monomial blocks (degrees 3 and 4), whose coefficients one constant table serves."""
     from sympow.backends import torch_native
     from sympow.spec import make_kernel
 
@@ -118,7 +120,7 @@ def test_chunked_form_compiles_without_graph_breaks():
         torch, "float32",
     )  # fmt: skip
     options = dict(
-        kernel=make_kernel("sympow", 2), scale=0.5, form="chunked", chunk_size=8, return_state=True
+        kernel=make_kernel(kernel, power), scale=0.5, form="chunked", chunk_size=8, return_state=True
     )
 
     def run(q, k, v, g, a, b, w):

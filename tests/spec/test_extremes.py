@@ -36,10 +36,12 @@ def test_log_gates_down_to_minus_50(xp):
 
 
 @pytest.mark.parametrize("form", FORMS)
-def test_log_gates_of_minus_50_everywhere(xp, form):
-    """Every key is forgotten at once: y_i = v_i."""
+@pytest.mark.parametrize(("gate", "eps"), [(-50.0, 0.0), (-1e4, 1e-3)])
+def test_log_gates_far_below_zero_everywhere(xp, form, gate, eps):
+    """Every key is forgotten at once: y_i = s_ii^2 v_i / (s_ii^2 + eps). At -1e4 the gates' exp underflows
+    even in float64, and eps exp(-m) must not overflow on the way (warnings are errors here)."""
     inputs = make_inputs(batch=(2,), T=40, d=4, e=3, seed=4)
-    inputs["log_gate"] = np.full((2, 40), -50.0)
+    inputs["log_gate"] = np.full((2, 40), gate)
     for dtype in ("float64", "float32"):
         arrays = convert(inputs, xp, dtype)
         y = sympow.attention(
@@ -47,12 +49,13 @@ def test_log_gates_of_minus_50_everywhere(xp, form):
             arrays["k"],
             arrays["v"],
             log_gate=arrays["log_gate"],
+            eps=eps,
             form=form,
             chunk_size=7,
         )
         assert_close(
             y,
-            reference(inputs),
+            reference(inputs, eps=eps),
             inputs["v"],
             dtype_name=dtype,
             normalize=True,
@@ -215,6 +218,24 @@ def test_zero_denominator_gives_zero(xp, form, kernel):
         normalize=True,
         what=form,
     )
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("kernel", ["sympow", "taylor"])
+def test_zero_query_and_key_have_finite_gradients(form, kernel):
+    """|x| is not differentiable at x = 0, but phi is: autograd through the reference (torch) stays finite
+    where a query or a key is exactly zero, with gates."""
+    torch = pytest.importorskip("torch")
+    inputs = make_inputs(batch=(2,), T=9, d=4, e=3, seed=12, gate=True)
+    inputs["k"][0, 3] = 0.0
+    inputs["q"][1, 2] = 0.0
+    arrays = {name: torch.tensor(inputs[name], requires_grad=True) for name in ("q", "k", "v", "log_gate")}
+    y = sympow.attention(
+        arrays["q"], arrays["k"], arrays["v"], log_gate=arrays["log_gate"], kernel=kernel, form=form,
+        chunk_size=4, backend="reference",
+    )  # fmt: skip
+    gradients = torch.autograd.grad((y**2).sum(), list(arrays.values()))
+    assert all(bool(torch.isfinite(g).all()) for g in gradients)
 
 
 @pytest.mark.parametrize("form", FORMS)

@@ -41,7 +41,7 @@ register(
         requires=("torch",),
         priority=10,
         differentiable=True,
-        description="native PyTorch: batched matmuls, float32 state, autograd, torch.compile (CPU, CUDA)",
+        description="native PyTorch: batched matmuls, float64 state, autograd, torch.compile (CPU, CUDA)",
     )
 )
 

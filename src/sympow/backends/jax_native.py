@@ -4,9 +4,10 @@ The same function, state and numerics contract as the specification (``sympow.sp
 ``spec.steps``: y = sigma^{1/2} R(mu_t) x (rectified for relu), phi(y) = exp(lam) f with every block of f
 of norm <= 1, g the log-gates, partial results (num, den, m) standing for N = exp(m) num, Z = exp(m) den.
 
-- chunked(C): intra-chunk attention, the chunk states and the query of the states are batched over
-  chunks; the discounted scan of states across chunks is a ``lax.scan`` (its body is compiled once, so
-  compile time does not grow with T for a fixed C).
+- chunked(C): intra-chunk attention batched over chunks; then one ``lax.scan`` over chunks queries the
+  state entering each chunk and adds the chunk's keys, the state held as the feature row blocks of
+  ``spec.feature_blocks`` (its body is compiled once, so compile time does not grow with T for a
+  fixed C).
 - recurrent: a ``lax.scan`` over tokens carrying exp(M) SZ; token t's own term comes from its score.
 - parallel: the masked T x T score matrix, in row blocks through ``lax.map``; the gate sum of a (query i,
   key j) pair is a reverse cumulative sum over exactly the gates l in (j, i], never a difference of long

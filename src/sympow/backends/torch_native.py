@@ -222,17 +222,26 @@ _tables: dict[tuple[Any, ...], torch.Tensor] = {}
 
 
 @torch.compiler.assume_constant_result  # torch.compile runs it once and keeps the tensor as a constant
-def _coefficients(d: int, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """sqrt(n!/prod a_m!) of the spec's ``feature_table``, cached per device and dtype."""
-    key = (d, n, str(device), dtype)
+def _coefficients(d: int, high: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """sqrt(n!/prod a_m!) of the spec's ``feature_table`` for every degree n in ``high`` (a kernel's
+    degrees >= 2), concatenated, cached per device and dtype. One call serves all of a kernel's degrees,
+    since a compiled graph keeps one argument set per constant function."""
+    key = (d, high, str(device), dtype)
     if key not in _tables:
-        _tables[key] = torch.tensor(feature_table(d, n)[1], dtype=dtype, device=device)
+        rows = [c for n in high for c in feature_table(d, n)[1]]
+        _tables[key] = torch.tensor(rows, dtype=dtype, device=device)
     return _tables[key]
 
 
-def _power_features(u: torch.Tensor, n: int) -> torch.Tensor:
+def _high_degrees(degrees: tuple[int, ...]) -> tuple[int, ...]:
+    """A kernel's distinct degrees >= 2, ascending: those whose features take coefficients."""
+    return tuple(sorted({n for n in degrees if n >= 2}))
+
+
+def _power_features(u: torch.Tensor, n: int, high: tuple[int, ...]) -> torch.Tensor:
     """phi_n(u) [..., C(d+n-1, n)] in the order of the spec's ``feature_table`` (sorted multisets in
-    lexicographic order), times the coefficients sqrt(n!/prod a_m!).
+    lexicographic order), times the coefficients sqrt(n!/prod a_m!); ``high`` lists the kernel's degrees
+    >= 2 (``_high_degrees``) and must hold n when n >= 2.
 
     The monomials of degree n are built from those of degree n - 1 without a gather: in lexicographic
     order the multisets whose smallest index is i are i followed by the (n-1)-multisets of {i..d-1},
@@ -253,7 +262,8 @@ def _power_features(u: torch.Tensor, n: int) -> torch.Tensor:
             rows[i : i + 1] * monomials[total - math.comb(d - i + degree - 2, degree - 1) :] for i in range(d)
         ]
         monomials = torch.cat(blocks, dim=0)
-    coefficients = _coefficients(d, n, u.device, u.dtype)
+    start = sum(math.comb(d + m - 1, m) for m in high[: high.index(n)])
+    coefficients = _coefficients(d, high, u.device, u.dtype)[start : start + monomials.shape[0]]
     return (monomials * coefficients.reshape(-1, *[1] * (u.ndim - 1))).movedim(0, -1)
 
 
@@ -303,10 +313,11 @@ def _scaled(kernel: Kernel, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     + n L); where phi(y) = 0 (y = 0 and no degree 0), f = 0 and lam = 0.
     """
     unit, exponents, lam = _log_scales(kernel, y)
+    high = _high_degrees(tuple(kernel.degrees))
     if len(exponents) == 1:  # one degree: f = phi_n(u) (zero where y = 0), lam = its exponent
-        return _power_features(unit, kernel.degrees[0]), lam
+        return _power_features(unit, kernel.degrees[0], high), lam
     blocks = [
-        torch.exp(exponent - lam)[..., None] * _power_features(unit, n)
+        torch.exp(exponent - lam)[..., None] * _power_features(unit, n, high)
         for n, exponent in zip(kernel.degrees, exponents, strict=True)
     ]
     return torch.cat(blocks, dim=-1), lam
@@ -522,8 +533,8 @@ def _chunk_by_chunk(x: Inputs, n: int, size: int, g, yq, yk, v):
     k_chunks = _chunks_of(k_units, k_constant, n)
     rows = _row_order(d, degrees, dev)
     state, start = [], 0
-    for degree, kind, count, size in shapes:
-        height = block_height(degree, kind, count, size)
+    for shape in shapes:
+        height = block_height(*shape)
         state.append(x.initial.index_select(-2, rows[start : start + height]))
         start += height
     scale = x.initial_scale
@@ -584,7 +595,8 @@ def _feature_blocks(
             product = grouped.index_select(-2, first) * grouped.index_select(-2, second) * weight
             out.append(product.reshape(*u.shape[:-2], count * first.shape[0], u.shape[-1]))
         else:
-            out.append(_power_features(units[n].transpose(-1, -2), n).transpose(-1, -2))
+            high = _high_degrees(tuple(shape[0] for shape in shapes))
+            out.append(_power_features(units[n].transpose(-1, -2), n, high).transpose(-1, -2))
     return out
 
 

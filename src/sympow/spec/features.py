@@ -100,9 +100,9 @@ def log_norm(x: Any, xp: Any) -> tuple[Any, Any]:
     peak = xp.max(xp.abs(x), axis=-1, keepdims=True)
     safe_peak = xp.where(peak > 0, peak, xp.ones_like(peak))
     ratio = x / safe_peak
-    norm = xp.sqrt(xp.sum(ratio * ratio, axis=-1, keepdims=True))
-    unit = ratio / xp.where(norm > 0, norm, xp.ones_like(norm))
-    return unit, safe_log(peak * norm, xp)[..., 0]
+    squares = xp.sum(ratio * ratio, axis=-1, keepdims=True)
+    norm = xp.sqrt(xp.where(squares > 0, squares, xp.ones_like(squares)))  # no sqrt at 0: finite gradients
+    return ratio / norm, safe_log(peak * norm, xp)[..., 0]
 
 
 def safe_log(x: Any, xp: Any) -> Any:

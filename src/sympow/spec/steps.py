@@ -16,6 +16,7 @@ The state is packed as SZ [..., D, H*(e+1)]: for each half h the columns [h*(e+1
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from array_api_compat import device
@@ -166,8 +167,10 @@ def finish(partial: tuple[Any, Any, Any], normalize: bool, eps: float, xp: Any) 
     num, den, m = partial
     reference = finite_or_zero(m, xp)
     if normalize:
-        if eps > 0:
-            den = den + eps * xp.exp(-reference)
+        if eps > 0:  # eps exp(-reference), capped near the dtype's largest number, past which y is 0 anyway
+            exponent = math.log(eps) - reference
+            largest = xp.full_like(exponent, math.log(xp.finfo(exponent.dtype).max) - 1.0)  # after rounding
+            den = den + xp.exp(xp.minimum(exponent, largest))
         positive = den > 0
         safe = xp.where(positive, den, xp.ones_like(den))
         return xp.where(positive[..., None], num / safe[..., None], xp.zeros_like(num))
