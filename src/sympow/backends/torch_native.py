@@ -531,7 +531,7 @@ def _chunk_by_chunk(x: Inputs, n: int, size: int, g, yq, yk, v):
     # chunks taken with unbind (whose gradient is one stack), not by indexing in the loop
     q_chunks = _chunks_of(q_units, q_constant, n)
     k_chunks = _chunks_of(k_units, k_constant, n)
-    rows = _row_order(d, degrees, dev)
+    rows, table_rows = _orders(d, degrees, dev)
     state, start = [], 0
     for shape in shapes:
         height = block_height(*shape)
@@ -558,7 +558,7 @@ def _chunk_by_chunk(x: Inputs, n: int, size: int, g, yq, yk, v):
         state = [keep * s + f @ weighted for f, s in zip(k_features, state, strict=True)]
         scale = new_scale
     inter = (torch.stack(nums, -3), torch.stack(dens, -2), q_log + torch.stack(entering, -1)[..., None])
-    final = torch.cat(state, dim=-2).index_select(-2, _table_rows(d, degrees, dev))
+    final = torch.cat(state, dim=-2).index_select(-2, table_rows)
     return inter, final, scale
 
 
@@ -605,20 +605,12 @@ def _feature_blocks(
 
 
 @torch.compiler.assume_constant_result
-def _row_order(d: int, degrees: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Every block's table rows, blocks concatenated (``spec.feature_blocks.row_order``)."""
-    key = ("order", d, degrees, str(device))
+def _orders(d: int, degrees: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """[2, D]: every block's table rows, blocks concatenated (``spec.feature_blocks.row_order``), and
+    the inverse permutation (``inverse_order``); one table, so one constant per graph."""
+    key = ("orders", d, degrees, str(device))
     if key not in _tables:
-        _tables[key] = torch.tensor(row_order(d, degrees), device=device)
-    return _tables[key]
-
-
-@torch.compiler.assume_constant_result
-def _table_rows(d: int, degrees: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """For each feature in table order, its row among the concatenated blocks."""
-    key = ("inverse", d, degrees, str(device))
-    if key not in _tables:
-        _tables[key] = torch.tensor(inverse_order(d, degrees), device=device)
+        _tables[key] = torch.tensor([row_order(d, degrees), inverse_order(d, degrees)], device=device)
     return _tables[key]
 
 

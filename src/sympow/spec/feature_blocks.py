@@ -116,18 +116,16 @@ def pairs_in_block(size: int) -> tuple[tuple[int, int], ...]:
     return tuple((i, j) for i in range(size) for j in range(i, size))
 
 
+@lru_cache(maxsize=64)
 def row_order(d: int, degrees: tuple[int, ...]) -> tuple[int, ...]:
     """All blocks' rows in build order: internal row r is the table's feature ``row_order(...)[r]``."""
     return tuple(r for block in layout(d, degrees) for r in block.rows)
 
 
+@lru_cache(maxsize=64)
 def inverse_order(d: int, degrees: tuple[int, ...]) -> tuple[int, ...]:
     """The inverse permutation: the table's feature r is internal row ``inverse_order(...)[r]``."""
-    return _inverse(row_order(d, degrees))
-
-
-@lru_cache(maxsize=64)
-def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
+    order = row_order(d, degrees)
     inverse = [0] * len(order)
     for internal, table_row in enumerate(order):
         inverse[table_row] = internal
