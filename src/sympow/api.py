@@ -27,6 +27,7 @@ def attention(
     initial_state: State | None = None,
     return_state: bool = False,
     backend: str | None = None,
+    state_dtype: str | None = None,
 ) -> Any:
     r"""Causal symmetric-power attention and its relatives (docs: math.md).
 
@@ -45,13 +46,20 @@ def attention(
     ``return_state=True`` the pair (y, State). ``form`` is "parallel", "recurrent", "chunked" (chunks of
     ``chunk_size`` tokens) or "auto" (by the FLOP model); all compute the same function.
 
+    ``state_dtype`` is the dtype of the state path (features, S, z; math.md 9): None for the inputs'
+    accumulation dtype (float32 for float16, bfloat16 and float32, float64 for float64) when the kernel's
+    highest degree is <= 4 and float64 above; "float64" for the exact state path with any input dtype;
+    "float32". A float32 state path errs by about 2^-24 times the condition number of math.md 9 (see
+    ``sympow.testing.condition_numbers``). The returned State holds S, z and log_scale in that dtype,
+    and a resumed State is converted to it.
+
     Raises ValueError or TypeError, naming the argument, on bad input, before computing anything.
     """
     request = validate(
         q, k, v, kernel=kernel, power=power, scale=scale, log_gate=log_gate,
         proportions=proportions, rotary=rotary, rotary_layout=rotary_layout, normalize=normalize,
         eps=eps, form=form, chunk_size=chunk_size, initial_state=initial_state,
-        return_state=return_state,
+        return_state=return_state, state_dtype=state_dtype,
     )  # fmt: skip
     _, implementation = backends.select(request, backend)
     y, state = implementation.run(request, resolve_form(request))

@@ -153,6 +153,7 @@ def conformal_sympow(
     initial_state: State | None = None,
     return_state: bool = False,
     backend: str | None = None,
+    state_dtype: str | None = None,
 ) -> Any:
     r"""Conformal symmetric-power attention: sympow p with data-dependent gates and rotary.
 
@@ -195,7 +196,7 @@ def conformal_sympow(
     return attention(
         q, k, v, kernel="sympow", power=power, scale=scale, log_gate=log_gate, rotary=increments,
         rotary_layout=rotary_layout, normalize=normalize, eps=eps, form=form, chunk_size=chunk_size,
-        initial_state=initial_state, return_state=return_state, backend=backend,
+        initial_state=initial_state, return_state=return_state, backend=backend, state_dtype=state_dtype,
     )  # fmt: skip
 
 
@@ -259,6 +260,7 @@ def leapformer(
     initial_state: State | None = None,
     return_state: bool = False,
     backend: str | None = None,
+    state_dtype: str | None = None,
 ) -> Any:
     r"""LeaPformer: relu linear attention re-weighted by learned proportions (math.md section 2).
 
@@ -310,7 +312,7 @@ def leapformer(
         )
     options = dict(
         kernel="relu", scale=scale, proportions=proportions, form=form, chunk_size=chunk_size,
-        initial_state=initial_state, return_state=return_state, backend=backend,
+        initial_state=initial_state, return_state=return_state, backend=backend, state_dtype=state_dtype,
     )  # fmt: skip
     if denominator_floor is None:
         return attention(q, k, v, normalize=normalize, eps=eps, **options)
@@ -340,6 +342,7 @@ def rebased(
     initial_state: State | None = None,
     return_state: bool = False,
     backend: str | None = None,
+    state_dtype: str | None = None,
 ) -> Any:
     r"""ReBased: sympow p = 2 on affinely layer-normed q and k (math.md section 1).
 
@@ -373,6 +376,7 @@ def rebased(
     return attention(
         q_hat, k_hat, v, kernel="sympow", power=2, normalize=normalize, eps=eps, form=form,
         chunk_size=chunk_size, initial_state=initial_state, return_state=return_state, backend=backend,
+        state_dtype=state_dtype,
     )  # fmt: skip
 
 
@@ -388,6 +392,7 @@ def based(
     initial_state: State | None = None,
     return_state: bool = False,
     backend: str | None = None,
+    state_dtype: str | None = None,
 ) -> Any:
     r"""Based: the second-order Taylor kernel (math.md section 1).
 
@@ -401,7 +406,7 @@ def based(
     _namespace(q, k, v)
     return attention(
         q, k, v, kernel="taylor", power=2, normalize=normalize, eps=eps, form=form, chunk_size=chunk_size,
-        initial_state=initial_state, return_state=return_state, backend=backend,
+        initial_state=initial_state, return_state=return_state, backend=backend, state_dtype=state_dtype,
     )  # fmt: skip
 
 

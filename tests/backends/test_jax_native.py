@@ -95,14 +95,17 @@ def test_float64_under_x64():
 def test_compiled_graph_does_not_grow_with_T(form):
     """The chunked and recurrent forms are one lax.scan: the same program at T = 256 and T = 4096."""
     from sympow.backends import jax_native
-    from sympow.spec import make_kernel
-
-    options = jax_native.Options(make_kernel("sympow", 2), 0.25, "half", True, 0.0, form, 64, True)
+    from sympow.spec import validate
 
     def size(T: int) -> int:
         x = convert(make_inputs(T=T, d=8, e=4, seed=0, gate=True, rotary=True), jnp, "float32")
-        args = (x["q"], x["k"], x["v"], x["log_gate"], None, x["rotary"], None)
-        jaxpr = jax.make_jaxpr(lambda *a: jax_native.forward(*a, options=options))(*args)
+        request = validate(
+            x["q"], x["k"], x["v"], kernel="sympow", power=2, scale=0.25, log_gate=x["log_gate"],
+            proportions=None, rotary=x["rotary"], rotary_layout="half", normalize=True, eps=0.0,
+            form=form, chunk_size=64, initial_state=None, return_state=True,
+        )  # fmt: skip
+        static = request.without_arrays()
+        jaxpr = jax.make_jaxpr(lambda a: jax_native.forward(a, static=static, form=form))(request.arrays())
         return count_equations(jaxpr.jaxpr)
 
     assert size(256) == size(4096)

@@ -108,23 +108,30 @@ def test_scores_past_float32_range(form):
     assert_close(y, y_ref, inputs["v"], dtype_name="float32", normalize=True, what=form)
 
 
+# Dynamo warns when it traces through array_api_compat's own lru_cache'd type checks (``device``,
+# ``is_torch_array``); they hold no tensor, so tracing them is sound.
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
 @pytest.mark.parametrize(("kernel", "power"), [("sympow", 2), ("taylor", 4)])
 def test_chunked_form_compiles_without_graph_breaks(kernel, power):
-    """torch.compile(fullgraph=True) of everything after validation; same result as eager. Taylor p = 4
-    has two monomial blocks (degrees 3 and 4), whose coefficients one constant table serves."""
+    """torch.compile(fullgraph=True) of everything after validation (the spec's chunked form executed by
+    the torch backend); same result as eager. Taylor p = 4 has two monomial blocks (degrees 3 and 4)."""
     from sympow.backends import torch_native
-    from sympow.spec import make_kernel
+    from sympow.spec import validate
 
     arrays = convert(
         make_inputs(batch=(2,), T=20, d=4, e=3, seed=0, gate=True, rotary=True, proportions=True),
         torch, "float32",
     )  # fmt: skip
-    options = dict(
-        kernel=make_kernel(kernel, power), scale=0.5, form="chunked", chunk_size=8, return_state=True
-    )
+    request = validate(
+        arrays["q"], arrays["k"], arrays["v"], kernel=kernel, power=power, scale=0.5,
+        log_gate=arrays["log_gate"], proportions=arrays["proportions"], rotary=arrays["rotary"],
+        rotary_layout="half", normalize=True, eps=0.0, form="chunked", chunk_size=8, initial_state=None,
+        return_state=True,
+    )  # fmt: skip
 
     def run(q, k, v, g, a, b, w):
-        return torch_native.forward(q, k, v, log_gate=g, proportions=(a, b), rotary=w, **options)
+        arrays = dict(q=q, k=k, v=v, log_gate=g, proportions=(a, b), rotary=w, initial_state=None)
+        return torch_native.forward(request.with_arrays(arrays), "chunked")
 
     args = (
         arrays["q"],

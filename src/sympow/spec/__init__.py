@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .checks import FORMS, Request, validate
+from .executor import REFERENCE, Executor
 from .forms import FORMS as FORM_FUNCTIONS
 from .forms import choose_form
 from .kernel import KERNELS, Kernel, make_kernel
@@ -16,7 +17,8 @@ from .prepare import prepare
 from .state import State
 
 __all__ = [
-    "FORMS", "KERNELS", "Kernel", "Request", "State", "choose_form", "make_kernel", "resolve_form",
+    "FORMS", "KERNELS", "REFERENCE", "Executor", "Kernel", "Request", "State", "choose_form",
+    "make_kernel", "resolve_form",
     "run", "validate",
 ]  # fmt: skip
 
@@ -28,8 +30,8 @@ def resolve_form(request: Request) -> str:
     return choose_form(request.T, request.d, request.e, request.feature_size, request.chunk_size)
 
 
-def run(request: Request, form: str) -> tuple[Any, State | None]:
-    """(y in the input dtype, final state or None) of ``request`` computed in ``form``."""
-    prepared = prepare(request)
+def run(request: Request, form: str, executor: Executor = REFERENCE) -> tuple[Any, State | None]:
+    """(y in the input dtype, final state or None) of ``request`` computed in ``form`` by ``executor``."""
+    prepared = prepare(request, executor)
     y, state = FORM_FUNCTIONS[form](prepared, request.return_state)
     return request.xp.astype(y, request.dtype), state

@@ -7,17 +7,19 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from array_api_compat import array_namespace, device
 
 from .concrete import is_concrete
 from .kernel import KERNELS, Kernel, make_kernel
-from .rotary import LAYOUTS
+from .rotary import LAYOUTS, has_float64
 from .state import State
 
 FORMS = ("parallel", "recurrent", "chunked", "auto")
+STATE_DTYPES = (None, "float32", "float64")
+ACCUMULATION_MAX_DEGREE = 4  # math.md 9: above this degree the default state path is float64
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Request:
     T: int
     d: int
     e: int
+    state_dtype: str
 
     @property
     def dtype(self) -> Any:
@@ -72,6 +75,20 @@ class Request:
     @property
     def library(self) -> str:
         return _library(self.xp)
+
+    ARRAYS = ("q", "k", "v", "log_gate", "proportions", "rotary", "initial_state")
+
+    def arrays(self) -> dict[str, Any]:
+        """The array arguments (a pytree: dict of arrays, a pair, a State, or None)."""
+        return {name: getattr(self, name) for name in self.ARRAYS}
+
+    def without_arrays(self) -> Request:
+        """The static part of the call (hashable): what a compiler keeps fixed while the arrays vary."""
+        return replace(self, **dict.fromkeys(self.ARRAYS))
+
+    def with_arrays(self, arrays: dict[str, Any]) -> Request:
+        """This request's options on other arrays of the same shapes (tracers, for a compiler)."""
+        return replace(self, **arrays)
 
 
 def _library(xp: Any) -> str:
@@ -177,6 +194,7 @@ def validate(
     chunk_size: int,
     initial_state: State | None,
     return_state: bool,
+    state_dtype: str | None = None,
 ) -> Request:
     """Check every argument of ``attention`` (api.md) and return the ``Request``; see the module doc."""
     try:
@@ -216,6 +234,7 @@ def validate(
     chunk_size = _check_int("chunk_size", chunk_size, 1)
     if not isinstance(return_state, bool):
         raise TypeError(f"return_state must be a bool, got {return_state!r}")
+    state_dtype = resolve_state_dtype(state_dtype, xp, q.dtype, the_kernel)
 
     leading = {"q": _shape(q)[:-2], "k": _shape(k)[:-2], "v": _shape(v)[:-2]}
     if log_gate is not None:
@@ -262,8 +281,28 @@ def validate(
         xp=xp, q=q, k=k, v=v, kernel=the_kernel, scale=scale, log_gate=log_gate,
         proportions=proportions, rotary=rotary, rotary_layout=rotary_layout, normalize=normalize,
         eps=eps, form=form, chunk_size=chunk_size, initial_state=initial_state,
-        return_state=return_state, batch_shape=batch_shape, T=T, d=d, e=e,
+        return_state=return_state, batch_shape=batch_shape, T=T, d=d, e=e, state_dtype=state_dtype,
     )  # fmt: skip
+
+
+def resolve_state_dtype(requested: Any, xp: Any, dtype: Any, kernel: Kernel) -> str:
+    """The state path's dtype name (math.md 9): ``requested`` ("float32" or "float64"), or for None the
+    inputs' accumulation dtype (float64 for float64 inputs, else float32) when the kernel's highest
+    degree is <= 4, and float64 above where the namespace has it."""
+    if requested not in STATE_DTYPES:
+        raise ValueError(f"state_dtype must be one of {STATE_DTYPES}, got {requested!r}")
+    wide = has_float64(xp)
+    if requested == "float64" and not wide:
+        raise ValueError(
+            "state_dtype='float64' needs float64 arrays, which this namespace does not hold (JAX: enable "
+            "jax_enable_x64); got state_dtype='float64'"
+        )
+    if requested is not None:
+        return requested
+    accumulation = "float64" if dtype == xp.float64 else "float32"
+    if max(kernel.degrees) <= ACCUMULATION_MAX_DEGREE or not wide:
+        return accumulation
+    return "float64"
 
 
 def _check_state(

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from array_api_compat import device
@@ -36,6 +35,7 @@ from array_api_compat import device
 from .concrete import is_concrete
 from .features import coefficients_on, feature_table, log_scales, monomials
 from .kernel import Kernel
+from .static import static
 
 PAIR_BLOCK = 8  # degree 2: blocks of at most this size take their pairs from a table
 
@@ -86,7 +86,7 @@ def block_height(degree: int, kind: str, count: int, size: int) -> int:
     return math.comb(size + degree - 1, degree)
 
 
-@lru_cache(maxsize=64)
+@static
 def layout(d: int, degrees: tuple[int, ...]) -> tuple[Block, ...]:
     """The row blocks of the features of a kernel of these degrees on R^d, in the order they are built."""
     offsets, offset = {}, 0
@@ -110,19 +110,19 @@ def layout(d: int, degrees: tuple[int, ...]) -> tuple[Block, ...]:
     return tuple(blocks)
 
 
-@lru_cache(maxsize=64)
+@static
 def pairs_in_block(size: int) -> tuple[tuple[int, int], ...]:
     """The pairs a <= b of {0..size-1}, in lexicographic order."""
     return tuple((i, j) for i in range(size) for j in range(i, size))
 
 
-@lru_cache(maxsize=64)
+@static
 def row_order(d: int, degrees: tuple[int, ...]) -> tuple[int, ...]:
     """All blocks' rows in build order: internal row r is the table's feature ``row_order(...)[r]``."""
     return tuple(r for block in layout(d, degrees) for r in block.rows)
 
 
-@lru_cache(maxsize=64)
+@static
 def inverse_order(d: int, degrees: tuple[int, ...]) -> tuple[int, ...]:
     """The inverse permutation: the table's feature r is internal row ``inverse_order(...)[r]``."""
     order = row_order(d, degrees)

@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import itertools
 import math
-from functools import lru_cache
 from typing import Any
 
 from array_api_compat import array_namespace, device
 
 from .concrete import is_concrete
 from .kernel import Kernel
+from .static import static
 
 
-@lru_cache(maxsize=64)
+@static
 def feature_table(d: int, p: int) -> tuple[tuple[tuple[int, ...], ...], tuple[float, ...]]:
     """Index table and coefficients of phi_p on R^d, built once per (d, p).
 

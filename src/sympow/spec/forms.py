@@ -109,10 +109,10 @@ def parallel(p: Prepared, return_state: bool) -> Result:
 def recurrent(p: Prepared, return_state: bool) -> Result:
     """Token by token: y_t from the state after t-1 (decayed by g_t) plus token t's own term, the
     latter from its score kappa(s_tt) as inside a chunk, which is better conditioned in float32 than
-    phi(q~_t).phi(k~_t) for high powers; then S <- gamma_t S + phi(k~_t) v_t^T."""
+    phi(q~_t).phi(k~_t) for high powers; then S <- gamma_t S + phi(k~_t) v_t^T. One ``p.scan`` over
+    tokens carries (SZ, M)."""
     xp, e = p.xp, p.e
-    g = _gates(p)
-    g_state, query_weight = p.for_state(g), p.for_state(p.query_weight)
+    g = p.for_state(_gates(p))
     q_features, q_lam = scaled(p.kernel, p.for_state(p.yq), xp)
     k_features, k_lam = scaled(p.kernel, p.for_state(p.yk), xp)
     v = p.for_state(p.v)
@@ -123,31 +123,41 @@ def recurrent(p: Prepared, return_state: bool) -> Result:
     own_weight = None
     if p.a is not None:
         own_weight = xp.cos((math.pi / 2) * (p.a - p.b))[..., None, None]
-    no_decay = xp.zeros_like(p.yq[..., :1, :1])
-    state, scale = p.initial, p.initial_scale
-    outputs = []
-    for t in range(p.T):
-        decayed = scale + g_state[..., t]
-        token = slice(t, t + 1)
-        own = attend(
-            p.kernel, p.yq[..., token, :], p.yk[..., token, :], p.v[..., token, :], no_decay,
-            None if own_weight is None else own_weight[..., t, :, :], xp,
-        )  # fmt: skip
-        past = query_states(
-            q_features[..., token, :], q_lam[..., token], g_state[..., token], state, scale,
-            _rows(query_weight, t, t + 1), e, xp,
-        )  # fmt: skip
-        outputs.append(finish(merge(own, p.back(past), xp), p.normalize, p.eps, xp))
-        new_scale = xp.maximum(decayed, k_lam[..., t])
+    own = attend(
+        p.kernel, p.yq[..., None, :], p.yk[..., None, :], p.v[..., None, :],
+        xp.zeros_like(p.yq[..., None, :1]), own_weight, xp,
+    )  # fmt: skip
+    own = (own[0][..., 0, :], own[1][..., 0], own[2][..., 0])
+
+    def step(carry: tuple[Any, Any], x: tuple[Any, ...]) -> tuple[tuple[Any, Any], tuple[Any, ...]]:
+        state, scale = carry
+        fq, fk, lk, values_t, g_t = x
+        product = (fq[..., None, :] @ state)[..., 0, :]
+        decayed = scale + g_t
+        new_scale = xp.maximum(decayed, lk)
         reference = finite_or_zero(new_scale, xp)
-        update = k_features[..., t, :, None] * values[..., t, None, :]
+        update = fk[..., :, None] * values_t[..., None, :]
         state = (
             xp.exp(decayed - reference)[..., None, None] * state
-            + xp.exp(k_lam[..., t] - reference)[..., None, None] * update
+            + xp.exp(lk - reference)[..., None, None] * update
         )
-        scale = new_scale
-    y = xp.concat(outputs, axis=-2)
+        return (state, new_scale), (product, scale)
+
+    pairs = ((q_features, -2), (k_features, -2), (k_lam, -1), (values, -2), (g, -1))
+    tokens = tuple(_leading(x, axis, xp) for x, axis in pairs)
+    (state, scale), (products, scales) = p.scan(step, (p.initial, p.initial_scale), tokens)
+    product = xp.moveaxis(products, 0, -2)
+    if p.query_weight is not None:
+        product = xp.reshape(product, (*product.shape[:-1], p.halves, e + 1))
+        product = xp.sum(product * p.for_state(p.query_weight)[..., None], axis=-2)
+    past = (product[..., :e], product[..., e], q_lam + g + xp.moveaxis(scales, 0, -1))
+    y = finish(merge(own, p.back(past), xp), p.normalize, p.eps, xp)
     return y, unpack_state(state, scale, p) if return_state else None
+
+
+def _leading(x: Any, axis: int, xp: Any) -> Any:
+    """x with ``axis`` moved first, the axis a scan runs along (None stays None)."""
+    return None if x is None else xp.moveaxis(x, axis, 0)
 
 
 def _chunk(x: Any, n: int, size: int, xp: Any, fill: float = 0.0, tail: int = 0) -> Any:
@@ -182,8 +192,9 @@ def chunked(p: Prepared, return_state: bool) -> Result:
 
 
 def _chunk_by_chunk(p: Prepared, n: int, size: int, g: Any, yq: Any, yk: Any, v: Any) -> tuple[Any, Any, Any]:
-    """Steps 2-4 of ``steps`` fused, one chunk at a time: query the state entering the chunk, then add
-    the chunk's keys. The state is held as row blocks (``feature_blocks``), each updated by
+    """Steps 2-4 of ``steps`` fused, one chunk at a time (one ``p.scan`` over chunks): query the state
+    entering the chunk, then add the chunk's keys. The state is held as row blocks (``feature_blocks``),
+    each updated by
     S_l <- exp(M + g_chunk - M') S_l + f_l(K_c)^T (exp(lam + G_to_end - M') [V_c | 1]),
     M' = max(M + g_chunk, max_j (lam_j + G_j->end)), so only one chunk's features exist at a time.
 
@@ -194,8 +205,6 @@ def _chunk_by_chunk(p: Prepared, n: int, size: int, g: Any, yq: Any, yk: Any, v:
     blocks = layout(yq.shape[-1], kernel.degrees)
     q_units, q_constant, q_lam = scaled_units(kernel, p.for_state(yq), xp)
     k_units, k_constant, k_lam = scaled_units(kernel, p.for_state(yk), xp)
-    q_units = {d: xp.matrix_transpose(u) for d, u in q_units.items()}  # [B, n, d, C]: tokens last
-    k_units = {d: xp.matrix_transpose(u) for d, u in k_units.items()}
     valid = xp.reshape(xp.arange(n * size, device=dev) < p.T, (n, size))
     if g is None:
         to_end = xp.where(valid, xp.zeros_like(k_lam), xp.full_like(k_lam, -math.inf))
@@ -213,48 +222,48 @@ def _chunk_by_chunk(p: Prepared, n: int, size: int, g: Any, yq: Any, yk: Any, v:
     query_weight = (
         None if p.query_weight is None else p.for_state(_chunk(p.query_weight, n, size, xp, tail=1))
     )
-
     # each chunk's keys weighted against the chunk's largest log-weight; the running scale is applied
     # per chunk below, as one number per batch entry
     chunk_max = xp.max(k_log, axis=-1)
     values = values * xp.exp(k_log - finite_or_zero(chunk_max, xp)[..., None])[..., None]
 
-    state = [xp.take(p.initial, xp.asarray(block.rows, device=dev), axis=-2) for block in blocks]
-    scale = p.initial_scale
-    nums, dens, entering = [], [], []
-    for c in range(n):
-        q_features = build(blocks, _at(q_units, c), _constant_at(q_constant, c), xp)
+    degrees = tuple(q_units)
+    halves = p.halves
+
+    def features(units: tuple[Any, ...], constant: Any) -> list[Any]:
+        return build(blocks, dict(zip(degrees, units, strict=True)), constant, xp)
+
+    def step(carry: tuple[tuple[Any, ...], Any], x: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+        state, scale = carry
+        q_u, k_u = x[: len(degrees)], x[len(degrees) : 2 * len(degrees)]
+        q_c, k_c, weighted, top, total, weight = x[2 * len(degrees) :]
+        q_features = features(q_u, q_c)
         product = xp.matrix_transpose(q_features[0]) @ state[0]
         for f, s in zip(q_features[1:], state[1:], strict=True):
             product = product + xp.matrix_transpose(f) @ s
-        if query_weight is not None:
-            product = xp.reshape(product, (*product.shape[:-1], p.halves, e + 1))
-            product = xp.sum(product * query_weight[..., c, :, :, None], axis=-2)
-        nums.append(product[..., :e])
-        dens.append(product[..., e])
-        entering.append(scale)
-
-        decayed = scale if totals is None else scale + totals[..., c]
-        new_scale = xp.maximum(decayed, chunk_max[..., c])
+        if weight is not None:
+            product = xp.reshape(product, (*product.shape[:-1], halves, e + 1))
+            product = xp.sum(product * weight[..., None], axis=-2)
+        decayed = scale if total is None else scale + total
+        new_scale = xp.maximum(decayed, top)
         reference = finite_or_zero(new_scale, xp)
-        weighted = values[..., c, :, :] * xp.exp(chunk_max[..., c] - reference)[..., None, None]
+        weighted = weighted * xp.exp(top - reference)[..., None, None]
         keep = xp.exp(decayed - reference)[..., None, None]
-        k_features = build(blocks, _at(k_units, c), _constant_at(k_constant, c), xp)
-        state = [keep * s + f @ weighted for f, s in zip(k_features, state, strict=True)]
-        scale = new_scale
-    m = q_log + xp.stack(entering, axis=-1)[..., None]
-    inter = (xp.stack(nums, axis=-3), xp.stack(dens, axis=-2), m)
+        state = tuple(keep * s + f @ weighted for f, s in zip(features(k_u, k_c), state, strict=True))
+        return (state, new_scale), (product[..., :e], product[..., e], scale)
+
+    tokens_last = [xp.matrix_transpose(q_units[n]) for n in degrees]  # [B, n, d, C]: tokens last
+    tokens_last += [xp.matrix_transpose(k_units[n]) for n in degrees]
+    constants = [None if c is None else c[..., None, :] for c in (q_constant, k_constant)]
+    xs = tuple(_leading(x, -3, xp) for x in (*tokens_last, *constants, values))
+    xs += (_leading(chunk_max, -1, xp), _leading(totals, -1, xp), _leading(query_weight, -3, xp))
+    state = tuple(xp.take(p.initial, xp.asarray(block.rows, device=dev), axis=-2) for block in blocks)
+    (state, scale), (nums, dens, entering) = p.scan(step, (state, p.initial_scale), xs)
+    m = q_log + xp.moveaxis(entering, 0, -1)[..., None]
+    inter = (xp.moveaxis(nums, 0, -3), xp.moveaxis(dens, 0, -2), m)
     order = xp.asarray(inverse_order(yq.shape[-1], kernel.degrees), device=dev)
     final = xp.take(xp.concat(state, axis=-2), order, axis=-2)
     return inter, final, scale
-
-
-def _at(units: dict[int, Any], c: int) -> dict[int, Any]:
-    return {degree: u[..., c, :, :] for degree, u in units.items()}
-
-
-def _constant_at(constant: Any, c: int) -> Any:
-    return None if constant is None else constant[..., c, None, :]
 
 
 FORMS = {"parallel": parallel, "recurrent": recurrent, "chunked": chunked}

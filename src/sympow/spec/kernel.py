@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
 
 KERNELS = ("sympow", "taylor", "relu", "identity")
 
@@ -32,8 +31,9 @@ class Kernel:
     rectify: bool = False
     nonnegative: bool = False
 
-    @cached_property
+    @property
     def log_coefficients(self) -> tuple[float, ...]:
+        # a plain property (no cached_property, whose lock torch.compile cannot trace)
         return tuple(math.log(c) for c in self.coefficients)
 
     def feature_size(self, d: int) -> int:

@@ -1,13 +1,14 @@
 """From a validated request to the arrays every form works on.
 
-Dtype rule (math.md section 7): scores inside a block are computed in float32 for float16, bfloat16 and
-float32 inputs and in float64 for float64; the output is cast back to the input dtype. The state path
-(features, S, z) accumulates in float64 wherever the namespace has it, else float32: phi(q).S sums terms
-of both signs whose total, (u_q . u_k)^p, can be far smaller than they are, and float32 features then lose
-it (measured with a float32 state: 4e-2 of max |v| at p = 8 on random data, and already at p = 2 up to 1.2
-for a query nearly orthogonal to every key, where the parallel form's direct scores stay within 1e-4; see
-tests/spec/test_extremes.py). Both vanish in float64. Rotary angles are accumulated in float64 where the
-namespace has it. Every array is broadcast to the common batch shape here.
+Dtype rule (math.md sections 7 and 9): scores inside a block are computed in float32 for float16,
+bfloat16 and float32 inputs and in float64 for float64; the output is cast back to the input dtype. The
+state path (features, S, z) runs in ``request.state_dtype`` (``checks.resolve_state_dtype``): by default
+the inputs' accumulation dtype for kernels of degree <= 4 and float64 above. phi(q).S sums terms of both
+signs whose total, (u_q . u_k)^p, can be far smaller than they are, so a float32 state path errs by about
+u32 times the state-path condition number c_i of math.md 9 (large for a query nearly orthogonal to every
+key, and about d^{p/2} for random directions, hence float64 above degree 4); ``state_dtype="float64"``
+makes that term vanish. Rotary angles are accumulated in float64 where the namespace has it. Every array
+is broadcast to the common batch shape here.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .checks import Request
+from .executor import REFERENCE, Executor, Scan
 from .kernel import Kernel
-from .rotary import accumulate_angles, has_float64, rotate
+from .rotary import accumulate_angles, rotate
 from .state import State
 
 
@@ -51,6 +53,7 @@ class Prepared:
     eps: float
     chunk_size: int
     state_dtype: Any
+    scan: Scan
 
     @property
     def T(self) -> int:
@@ -78,7 +81,7 @@ def compute_dtype(xp: Any, dtype: Any) -> Any:
     return xp.float64 if dtype == xp.float64 else xp.float32
 
 
-def prepare(request: Request) -> Prepared:
+def prepare(request: Request, executor: Executor = REFERENCE) -> Prepared:
     xp = request.xp
     work = compute_dtype(xp, request.dtype)
     batch = request.batch_shape
@@ -109,14 +112,14 @@ def prepare(request: Request) -> Prepared:
     if request.proportions is not None:
         a, b = (cast(x, (T,)) for x in request.proportions)
         query_weight, key_weight = (_half_weights(x, xp) for x in (a, b))
-    state_dtype = xp.float64 if has_float64(xp) else work
+    state_dtype = getattr(xp, request.state_dtype)
     initial, initial_scale = pack_state(state, request, state_dtype)
     return Prepared(
         xp=xp, kernel=request.kernel, yq=q * root_scale, yk=k * root_scale, v=v, g=g, a=a, b=b,
         query_weight=query_weight, key_weight=key_weight, initial=initial,
         initial_scale=initial_scale, resumed=state is not None, mu_end=mu_end,
         normalize=request.normalize, eps=request.eps, chunk_size=request.chunk_size,
-        state_dtype=state_dtype,
+        state_dtype=state_dtype, scan=executor.scan(xp),
     )  # fmt: skip
 
 

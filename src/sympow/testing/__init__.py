@@ -4,21 +4,47 @@
 ``assert_close``: the largest absolute error relative to max |v| for normalised output and to
 max |y_ref| otherwise.
 ``make_inputs`` builds seeded NumPy inputs (q, k, v and optional gates, rotary increments and
-proportions) and ``convert`` moves them to another array namespace. Hypothesis strategies live in
+proportions) and ``convert`` moves them to another array namespace. ``condition_numbers`` computes the
+state-path condition number c_i of math.md section 9, ``row_tolerances`` the per-row tolerance
+tau + gamma u_state c_i and ``assert_close_rows`` checks outputs against it. Hypothesis strategies live in
 ``sympow.testing.strategies``, which is not imported here so that Hypothesis stays optional.
 """
 
+from .condition import condition_numbers
 from .inputs import convert, make_inputs
-from .tolerances import TOLERANCES, assert_close, relative_error, to_numpy, tolerance
+from .tolerances import (
+    GAMMA,
+    TOLERANCES,
+    accumulation_dtype,
+    assert_close,
+    assert_close_rows,
+    contract_state_dtype,
+    relative_error,
+    relative_errors_by_row,
+    row_tolerances,
+    state_path_gamma,
+    to_numpy,
+    tolerance,
+    unit_roundoff,
+)
 
 __all__ = [
+    "GAMMA",
     "TOLERANCES",
+    "accumulation_dtype",
     "assert_close",
+    "assert_close_rows",
+    "condition_numbers",
+    "contract_state_dtype",
     "convert",
     "make_inputs",
     "relative_error",
+    "relative_errors_by_row",
+    "row_tolerances",
+    "state_path_gamma",
     "to_numpy",
     "tolerance",
+    "unit_roundoff",
 ]
 
 # The conformance suite (shipped cases, the checker, layout adapters, the pytest helper); pytest is

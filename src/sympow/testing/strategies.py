@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -242,6 +243,110 @@ def attention_cases(
         chunk_size=chunk,
         dtype=dtype,
     )
+
+
+def nearly_orthogonal_inputs(
+    *,
+    batch: tuple[int, ...] = (),
+    T: int,
+    d: int,
+    e: int,
+    p: int,
+    r: int,
+    key_rank: int = 1,
+    seed: int = 0,
+    gate: bool = False,
+    proportions: bool = False,
+    dtype: str = "float64",
+) -> dict[str, Any]:
+    """Seeded inputs whose every query is nearly orthogonal to every key (math.md 9's bad case).
+
+    With U a random orthonormal basis of R^d, u = U[:, 0] and K = span U[:, :key_rank]:
+
+        k_j = alpha_j (u + beta_j w_j),   alpha_j ~ N(0, 1), w_j a unit vector of K orthogonal to u,
+                                          beta_j uniform in [0, 1/2]
+        q_i = x_i + s_i eps_i |x_i| u,    x_i ~ N(0, I) projected onto the complement of K, s_i = +-1,
+                                          eps_i = 10^(-2 rho_i / p), rho_i uniform in [0, r]
+
+    so every term of row i has |q~_i| |k~_j| / |q~_i . k~_j| = ((1 + eps_i^2)(1 + beta_j^2))^{1/2} / eps_i
+    and the state-path condition number (sympow p, no rotary) lies between eps_i^-p (1 + eps_i^2)^{p/2}
+    and that times 1.25^{p/2}: about 10^{2 rho_i}, at most 1.6e8 for r = 4, whatever the gates,
+    proportions and scale (they weight the numerator and Z alike). Rotary would rotate the queries out
+    of the complement of K, so there is none. v ~ N(0, I); log_gate uniform in [-1, 0]; proportions
+    uniform in [0, 1]; arrays drawn in float64 and rounded to ``dtype``.
+    """
+    if not 1 <= key_rank < d:
+        raise ValueError(f"key_rank must lie in 1..d-1 = {d - 1}, got {key_rank}")
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    u, rest, complement = basis[:, 0], basis[:, 1:key_rank], basis[:, key_rank:]
+    x = rng.standard_normal((*batch, T, d - key_rank)) @ complement.T
+    rho = r * rng.random((*batch, T, 1))
+    sign = rng.choice([-1.0, 1.0], size=(*batch, T, 1))
+    q = x + sign * 10.0 ** (-2.0 * rho / p) * np.linalg.norm(x, axis=-1, keepdims=True) * u
+    side = rng.standard_normal((*batch, T, key_rank - 1)) @ rest.T
+    norms = np.linalg.norm(side, axis=-1, keepdims=True)
+    side = np.where(norms > 0, side / np.where(norms > 0, norms, 1.0), 0.0)
+    beta = 0.5 * rng.random((*batch, T, 1))
+    k = rng.standard_normal((*batch, T, 1)) * (u + beta * side)
+    out: dict[str, Any] = {"q": q, "k": k, "v": rng.standard_normal((*batch, T, e))}
+    if gate:
+        out["log_gate"] = -rng.random((*batch, T))
+    if proportions:
+        out["proportions"] = (rng.random((*batch, T)), rng.random((*batch, T)))
+    np_dtype = np.dtype(dtype)
+    return {
+        key: tuple(np.asarray(a, dtype=np_dtype) for a in value)
+        if isinstance(value, tuple)
+        else np.asarray(value, dtype=np_dtype)
+        for key, value in out.items()
+    }
+
+
+@st.composite
+def nearly_orthogonal_cases(
+    draw: Any,
+    *,
+    power_choices: Sequence[int] = (2, 4),
+    dtypes: Sequence[str] = DTYPES,
+    min_T: int = 1,
+    max_T: int = 48,
+    min_d: int = 4,
+    max_d: int = 16,
+    max_e: int = 4,
+    max_r: int = 4,
+    max_batch_axes: int = 1,
+    gate: bool | None = None,
+    proportions: bool | None = False,
+    scale: bool | None = None,
+) -> AttentionCase:
+    """Normalised sympow problems (p from ``power_choices``) whose queries are nearly orthogonal to every
+    key, built by ``nearly_orthogonal_inputs``: the state-path condition number of row i is about
+    10^{2 rho_i}, rho_i in [0, r] and r drawn from 0..max_r, so up to about 1e8 (1.6e8 at most).
+
+    T in min_T..max_T, d in min_d..max_d, e in 1..max_e, the keys' span of dimension 1..min(3, d // 2),
+    0..max_batch_axes batch axes of size 1..2, optional gates (and proportions), eps = 0 and no rotary
+    (it would destroy the construction). Returns an ``AttentionCase`` like ``attention_cases``.
+    """
+    power = draw(st.sampled_from(list(power_choices)))
+    T = draw(seq_lengths(min_T=min_T, max_T=max_T))
+    d = draw(st.integers(max(min_d, 2), max_d))
+    e = draw(value_dims(max_e=max_e))
+    batch = draw(batch_shapes(max_axes=max_batch_axes, max_size=2))
+    key_rank = draw(st.integers(1, max(1, min(3, d // 2))))
+    r = draw(st.integers(0, max_r))
+    scale_value = draw(st.floats(0.1, 1.5)) if _flag(draw, scale) else None
+    chunk = draw(chunk_sizes(T))
+    dtype = draw(st.sampled_from(list(dtypes)))
+    seed = draw(seeds())
+    inputs = nearly_orthogonal_inputs(
+        batch=batch, T=T, d=d, e=e, p=power, r=r, key_rank=key_rank, seed=seed,
+        gate=_flag(draw, gate), proportions=_flag(draw, proportions), dtype=dtype,
+    )  # fmt: skip
+    return AttentionCase(
+        inputs=inputs, batch=batch, T=T, d=d, e=e, seed=seed, kernel="sympow", power=power,
+        normalize=True, scale=scale_value, eps=0.0, rotary_layout="half", chunk_size=chunk, dtype=dtype,
+    )  # fmt: skip
 
 
 # Eager JAX compiles every primitive for every new shape (about a second per attention call on

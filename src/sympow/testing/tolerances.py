@@ -108,3 +108,146 @@ def assert_close(
             f"{tol:.1e}; worst entry {tuple(int(i) for i in worst)}: got {y_np[worst]!r}, "
             f"expected {y_ref_np[worst]!r}"
         )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-row tolerances of a state path (math.md section 9): tol_i = tau_dtype + gamma * u_state * c_i
+
+UNIT_ROUNDOFF: dict[str, float] = {
+    "float64": 2.0**-53,
+    "float32": 2.0**-24,
+    "float16": 2.0**-11,
+    "bfloat16": 2.0**-8,
+}
+
+# The factor gamma of the state-path term, at D' of a few hundred (math.md 9). Not yet calibrated: the
+# law is ``state_path_gamma``, which may come to grow slowly with the feature size D' and the length T.
+GAMMA = 16.0
+
+
+def _short_name(dtype_name: str) -> str:
+    return str(dtype_name).rsplit(".", 1)[-1]
+
+
+def unit_roundoff(dtype_name: str) -> float:
+    """u of a floating dtype: 2^-24 for float32, 2^-53 for float64 (2^-11 float16, 2^-8 bfloat16)."""
+    name = _short_name(dtype_name)
+    try:
+        return UNIT_ROUNDOFF[name]
+    except KeyError:
+        raise ValueError(
+            f"no unit round-off for dtype {dtype_name!r}; known: {sorted(UNIT_ROUNDOFF)}"
+        ) from None
+
+
+def accumulation_dtype(dtype_name: str) -> str:
+    """The accumulation dtype of inputs of ``dtype_name``: float64 for float64, float32 otherwise."""
+    tolerance(dtype_name)  # an unknown name is an error
+    return "float64" if _short_name(dtype_name) == "float64" else "float32"
+
+
+def contract_state_dtype(dtype_name: str, *, highest_degree: int, state_dtype: str | None = None) -> str:
+    """The dtype of the state path that math.md 9 prescribes: ``state_dtype`` when given, else the
+    inputs' accumulation dtype when the kernel's highest degree is <= 4 and float64 above 4."""
+    if state_dtype is not None:
+        unit_roundoff(state_dtype)
+        return _short_name(state_dtype)
+    return accumulation_dtype(dtype_name) if highest_degree <= 4 else "float64"
+
+
+def state_path_gamma(feature_size: int | None = None, T: int | None = None) -> float:
+    """gamma of tol_i = tau + gamma u c_i, as a function of the state's feature size D' and the length T.
+
+    For now the constant ``GAMMA`` (16, math.md 9: "16 at D' of a few hundred"); the arguments are where a
+    calibrated law that grows slowly with D' and T will enter."""
+    return GAMMA
+
+
+def row_tolerances(
+    c: Any, dtype_name: str, state_dtype_name: str | None = None, *, gamma: float | None = None
+) -> np.ndarray:
+    """tol_i = tau_dtype + gamma * u_state * c_i, the accepted error of each output row (math.md 9).
+
+    ``c`` [..., T]: condition numbers (``condition_numbers``); tau_dtype = ``tolerance(dtype_name)``;
+    u_state the unit round-off of ``state_dtype_name`` (None: the accumulation dtype of ``dtype_name``,
+    float32 for float16, bfloat16 and float32, float64 for float64); gamma defaults to
+    ``state_path_gamma()``. An infinite c_i gives an infinite tolerance (the row is not determined)."""
+    c = to_numpy(c)
+    if np.any(np.isnan(c)) or np.any(c < 0):
+        raise ValueError("condition numbers must be >= 0 (or inf), got a negative or NaN entry")
+    state = accumulation_dtype(dtype_name) if state_dtype_name is None else state_dtype_name
+    factor = state_path_gamma() if gamma is None else float(gamma)
+    return tolerance(dtype_name) + factor * unit_roundoff(state) * c
+
+
+def relative_errors_by_row(y: Any, y_ref: Any, v: Any = None, *, normalize: bool) -> np.ndarray:
+    """err_i = max_c |y_ic - y_ref_ic| / scale for every row i: [..., T, e] -> [..., T].
+
+    scale = max |v| (normalised) or max |y_ref| (unnormalised) over the whole array, as in
+    ``relative_error`` (whose value is the maximum of these). Non-finite entries of y give inf."""
+    y_np, y_ref_np = to_numpy(y), to_numpy(y_ref)
+    if y_np.shape != y_ref_np.shape:
+        raise ValueError(f"shape {y_np.shape} != reference shape {y_ref_np.shape}")
+    if normalize:
+        if v is None:
+            raise ValueError("v is needed to measure the error of normalised output")
+        v_np = to_numpy(v)
+        scale = float(np.max(np.abs(v_np))) if v_np.size else 0.0
+    else:
+        scale = float(np.max(np.abs(y_ref_np))) if y_ref_np.size else 0.0
+    with np.errstate(invalid="ignore"):
+        diff = np.where(np.isfinite(y_np), np.abs(y_np - y_ref_np), np.inf)
+    return np.max(diff, axis=-1, initial=0.0) / max(scale, TINY)
+
+
+def assert_close_rows(
+    y: Any,
+    y_ref: Any,
+    v: Any = None,
+    *,
+    dtype_name: str,
+    normalize: bool,
+    condition: Any,
+    state_dtype_name: str | None = None,
+    gamma: float | None = None,
+    what: str = "",
+) -> None:
+    """Raise AssertionError unless every row i of ``y`` [..., T, e] is within tol_i of ``y_ref``.
+
+    err_i as in ``relative_errors_by_row``; tol_i = ``row_tolerances(condition, dtype_name,
+    state_dtype_name, gamma=gamma)``, ``condition`` [..., T] (broadcast to y's rows). Shape and
+    finiteness are checked as in ``assert_close``; the message names the row that exceeds its tolerance
+    by the largest factor, with its error, condition number and tolerance."""
+    y_np, y_ref_np = to_numpy(y), to_numpy(y_ref)
+    prefix = f"{what}: " if what else ""
+    if y_np.shape != y_ref_np.shape:
+        raise AssertionError(f"{prefix}shape {y_np.shape} != reference shape {y_ref_np.shape}")
+    if y_np.ndim < 2:
+        raise AssertionError(f"{prefix}rows need y of shape [..., T, e], got {y_np.shape}")
+    if not np.isfinite(y_np).all():
+        bad = np.argwhere(~np.isfinite(y_np))
+        raise AssertionError(
+            f"{prefix}{len(bad)} non-finite entries, first at {tuple(bad[0])}: {y_np[tuple(bad[0])]}"
+        )
+    c = to_numpy(condition)
+    try:
+        c = np.broadcast_to(c, y_np.shape[:-1])
+    except ValueError:
+        raise AssertionError(
+            f"{prefix}condition numbers of shape {c.shape} do not fit the rows {y_np.shape[:-1]} of y"
+        ) from None
+    tol = row_tolerances(c, dtype_name, state_dtype_name, gamma=gamma)
+    err = relative_errors_by_row(y_np, y_ref_np, v, normalize=normalize)
+    failing = ~(err <= tol)
+    if failing.any():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            excess = np.where(failing, err / tol, -np.inf)
+        worst = np.unravel_index(np.argmax(excess), err.shape)
+        base = "max|v|" if normalize else "max|y_ref|"
+        state = accumulation_dtype(dtype_name) if state_dtype_name is None else state_dtype_name
+        raise AssertionError(
+            f"{prefix}{int(failing.sum())} of {err.size} rows exceed tau + gamma u c_i ({dtype_name} "
+            f"outputs, {state} state path); worst row {tuple(int(i) for i in worst)}: error "
+            f"{err[worst]:.3e} relative to {base}, condition number {c[worst]:.3e}, tolerance "
+            f"{tol[worst]:.3e}"
+        )
