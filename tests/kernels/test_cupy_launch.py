@@ -46,6 +46,7 @@ def request(T=8, d=4, e=3, dtype="float32", *, library="cupy", **options):
         ({"dtype": "float64"}, "not float64"),
         ({"form": "parallel"}, "not 'parallel'"),
         ({"library": "numpy"}, "not numpy"),
+        ({"state_dtype": "float64"}, "keep a float32 state"),
     ],
 )
 def test_supports(options, expected):

@@ -233,6 +233,7 @@ def test_zero_denominator_gives_zero():
         ({"kernel": "relu"}, "kernel 'relu'"),
         ({"form": "parallel"}, "form 'parallel'"),
         ({"proportions": True}, "proportions"),
+        ({"state_dtype": "float64"}, "keep a float32 state"),
     ],
 )
 def test_uncovered_requests_are_refused_when_forced_and_routed_when_automatic(options, message):

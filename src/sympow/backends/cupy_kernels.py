@@ -58,6 +58,11 @@ def supports(request: Request) -> str | None:
         return reason
     if request.form == "parallel":
         return "the CuPy kernels implement the recurrent and chunked forms, not 'parallel'"
+    if request.state_dtype != "float32":
+        return (
+            f"the CuPy kernels keep a float32 state; this call's state path is {request.state_dtype} "
+            "(state_dtype='float64', or the default above degree 4: math.md 9)"
+        )
     if request.library not in LIBRARIES:
         return f"the CuPy kernels take {list(LIBRARIES)} arrays, not {request.library}"
     if request.library == "torch":

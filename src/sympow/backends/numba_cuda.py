@@ -89,6 +89,11 @@ def supports(request: Request) -> str | None:
         return f"dtype {request.dtype} is not covered: the kernels take float32, float16 and bfloat16"
     if request.form == "parallel":
         return "form 'parallel' is not implemented by the numba kernels (they run 'recurrent' and 'chunked')"
+    if request.state_dtype != "float32":
+        return (
+            f"the numba kernels keep a float32 state; this call's state path is {request.state_dtype} "
+            "(state_dtype='float64', or the default above degree 4: math.md 9)"
+        )
     return None
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from array_api_compat import device
 
-from .features import safe_log
+from .features import log_norm
 from .kernel import Kernel
 
 
@@ -42,29 +42,52 @@ def attend(
     """Step 1: (num [..., R, e], den [..., R], m [..., R]) of queries yq [..., R, d] on keys yk [..., K, d].
 
     kappa_ij = sum_n c_n s_ij^n with s = yq yk^T, times exp(log_weight) (gates, -inf where masked) and
-    proportion_weight [..., R, K] (or None). In log space each term is
-    log c_n + n log|s_ij| + G_ij, and m_i, their maximum over j and n, is factored out of the row.
+    proportion_weight [..., R, K] (or None). The scores are taken from unit directions and log norms,
+    s_ij = exp(Lq_i + Lk_j) cos_ij with |cos_ij| <= 1, so no score is ever formed and none overflows
+    (norms of 1e20 in float32 are fine). Each term is cos_ij^n exp(x_nij - m_i) with
+    x_nij = log c_n + n (Lq_i + Lk_j) + log_weight_ij and m_i = max_{n, j} x_nij, an upper bound of the
+    row's log-magnitude that is factored out of the row (cos^n carries the sign of odd powers).
     """
-    scores = yq @ xp.matrix_transpose(yk)
-    log_abs = safe_log(xp.abs(scores), xp)
-    negative = scores < 0
-    terms = []
+    uq, lq = log_norm(yq, xp)
+    uk, lk = log_norm(yk, xp)
+    cos = uq @ xp.matrix_transpose(uk)
+    terms = []  # (n, exponent without the row's n Lq_i, n Lq_i)
     for n, log_c in zip(kernel.degrees, kernel.log_coefficients, strict=True):
-        exponent = log_weight + log_c if n == 0 else log_weight + (log_c + n * log_abs)
-        terms.append((n, exponent))
-    m = xp.max(terms[0][1], axis=-1)
-    for _, exponent in terms[1:]:
-        m = xp.maximum(m, xp.max(exponent, axis=-1))
-    reference = finite_or_zero(m, xp)[..., None]
+        if n == 0:
+            terms.append((n, log_weight + log_c, None))
+        else:
+            key = n * lk + log_c if log_c else n * lk
+            terms.append((n, log_weight + key[..., None, :], n * lq))
+    maxima = []
+    for _, exponent, row in terms:
+        top = xp.max(exponent, axis=-1)
+        maxima.append(top if row is None else top + row)
+    m = maxima[0]
+    for top in maxima[1:]:
+        m = xp.maximum(m, top)
+    reference = finite_or_zero(m, xp)
     weights = None
-    for n, exponent in terms:
-        term = xp.exp(exponent - reference)
-        if n % 2 == 1:
-            term = xp.where(negative, -term, term)
+    for n, exponent, row in terms:
+        shift = reference if row is None else reference - row  # +inf where q = 0: the term is 0
+        term = xp.exp(exponent - shift[..., None])
+        if n > 0:
+            term = term * _power(cos, n)
         weights = term if weights is None else weights + term
     if proportion_weight is not None:
         weights = weights * proportion_weight
     return weights @ v, xp.sum(weights, axis=-1), m
+
+
+def _power(x: Any, n: int) -> Any:
+    """x^n by repeated squaring (n >= 1)."""
+    result, square = None, x
+    while n:
+        if n & 1:
+            result = square if result is None else result * square
+        n >>= 1
+        if n:
+            square = square * square
+    return result
 
 
 def chunk_states(

@@ -141,6 +141,14 @@ class AttentionCase:
     def with_inputs(self, **changes: Any) -> AttentionCase:
         return replace(self, inputs={**self.inputs, **changes})
 
+    def condition(self, **overrides: Any) -> Any:
+        """The state-path condition number c_i [*batch, T] of math.md 9 on this case's inputs (float64)."""
+        import numpy
+
+        from .condition import condition_numbers
+
+        return self.call(condition_numbers, numpy, dtype="float64", **overrides)
+
 
 def case_id(batch: Sequence[int], T: int, d: int) -> str:
     """Readable id: B{batch}-T{T}-D{d}, batch as 2x3 (or 0 for none)."""
