@@ -11,8 +11,11 @@ rotary and proportions, and every named variant of ``sympow.variants.VARIANTS``)
 and both are compared with the reference: the "reference" backend, parallel form, NumPy float64, on the
 same inputs rounded to the tested dtype. Errors are measured as in ``sympow.testing.tolerances`` (max
 |y - y_ref| over max |v| when normalised, over max |y_ref| otherwise) and must not exceed
-``tolerance(dtype)``. ``validate`` returns one ``Row`` per (backend, library, dtype, form, case), and
-``summarize`` folds them per (backend, library, dtype, form). The command line only prints them.
+``tolerance(dtype)``; for the plain kernels each row is measured against its own tolerance
+max(tau, gamma u c_i) with the state-path condition number c_i of math.md 9
+(``condition_scaled_error``), which is the plain error on well-conditioned rows. ``validate`` returns
+one ``Row`` per (backend, library, dtype, form, case), and ``summarize`` folds them per (backend,
+library, dtype, form). The command line only prints them.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ import numpy as np
 
 from . import backends as backend_registry
 from .api import attention
+from .testing.condition import condition_numbers
 from .testing.inputs import convert, make_inputs
-from .testing.tolerances import relative_error, to_numpy, tolerance
+from .testing.tolerances import condition_scaled_error, contract_state_dtype, to_numpy, tolerance
 
 FORMS = ("parallel", "recurrent", "chunked")
 NAMESPACES = {
@@ -239,14 +243,16 @@ def _to_float64(value: Any) -> Any:
     return to_numpy(value)
 
 
-def _call(case: Case, arrays: dict[str, Any], **options: Any) -> Any:
+def _call(
+    case: Case, arrays: dict[str, Any], attention_fn: Callable[..., Any] = attention, **options: Any
+) -> Any:
     if case.variant is not None:
         from .variants import VARIANTS
 
         return VARIANTS[case.variant](
             arrays["q"], arrays["k"], arrays["v"], **arrays["parameters"], **options
         )
-    return attention(
+    return attention_fn(
         arrays["q"],
         arrays["k"],
         arrays["v"],
@@ -477,10 +483,14 @@ def _run_target(
     return rows
 
 
-def _reference(case: Case, arrays: dict[str, Any], settings: Settings) -> tuple[np.ndarray, np.ndarray]:
-    """(y, max |v|) of the float64 reference on the rounded inputs."""
+def _reference(
+    case: Case, arrays: dict[str, Any], settings: Settings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(y, v, c) of the float64 reference on the rounded inputs: c the state-path condition numbers of
+    math.md 9 for a plain kernel's case (None for a variant, whose attention inputs are its own)."""
     y = _call(case, arrays, form="parallel", backend="reference")
-    return to_numpy(y), arrays["v"]
+    c = None if case.variant is not None else _call(case, arrays, attention_fn=condition_numbers)
+    return to_numpy(y), arrays["v"], c
 
 
 def _one(
@@ -493,13 +503,18 @@ def _one(
     form: str,
     settings: Settings,
 ) -> Row:
-    y_ref, v = reference
+    y_ref, v, condition = reference
     tol = tolerance(dtype)
+    highest = case.options.get("power", 1) if case.options.get("kernel") in ("sympow", "taylor") else 1
+    path = contract_state_dtype(dtype, highest_degree=highest)
     options = {"form": form, "chunk_size": settings.chunk_size, "backend": backend}
     refusal = f"backend {backend!r} cannot run this call"
 
-    def error(y: Any, rows: slice) -> float:
-        return relative_error(y, y_ref[..., rows, :], v, normalize=case.normalize)
+    def error(y: Any, rows: slice) -> float:  # each row against max(tau, gamma u c_i), in units of tau
+        return condition_scaled_error(
+            y, y_ref[..., rows, :], v, normalize=case.normalize, dtype_name=dtype,
+            condition=None if condition is None else condition[..., rows], state_dtype_name=path,
+        )  # fmt: skip
 
     # Two calls (a third would cost one more compilation per case and form on jit-compiling backends):
     # the first s tokens from nothing, then the other T - s resumed from the state the first returned.

@@ -26,7 +26,6 @@ one gather of its rows.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,18 +131,12 @@ def inverse_order(d: int, degrees: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(inverse)
 
 
-def scaled_units(
-    kernel: Kernel, y: Any, xp: Any, scales: Callable[[Kernel, Any], tuple[Any, list[Any], Any]] | None = None
-) -> tuple[dict[int, Any], Any, Any]:
+def scaled_units(kernel: Kernel, direction: tuple[Any, Any], xp: Any) -> tuple[dict[int, Any], Any, Any]:
     """({n: u_n [..., d]}, constant [...] or None, lam [...]) with phi(y) = exp(lam) f as in
     ``features.scaled``: f's degree-n block is phi_n(u_n), u_n = u exp((x_n - lam) / n), and its degree-0
-    block is ``constant`` = exp(x_0 - lam).
-
-    ``scales(kernel, y)`` gives (u, [x_n], lam), by default ``features.log_scales``; the native backends
-    pass their own, written in their framework (whose gradient at y = 0 is zero, not NaN). Only ``xp.exp``
-    is used here.
+    block is ``constant`` = exp(x_0 - lam). ``direction`` is (u, log|y|) of y (``features.log_norm``).
     """
-    unit, exponents, lam = log_scales(kernel, y, xp) if scales is None else scales(kernel, y)
+    unit, exponents, lam = log_scales(kernel, direction, xp)
     units, constant = {}, None
     for n, exponent in zip(kernel.degrees, exponents, strict=True):
         if n == 0:

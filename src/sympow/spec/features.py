@@ -111,11 +111,12 @@ def safe_log(x: Any, xp: Any) -> Any:
     return xp.where(positive, xp.log(xp.where(positive, x, xp.ones_like(x))), xp.full_like(x, -math.inf))
 
 
-def log_scales(kernel: Kernel, y: Any, xp: Any) -> tuple[Any, list[Any], Any]:
-    """(u, [x_n], lam): the unit vector u = y / |y|, each degree's log scale x_n = log(c_n)/2 + n log|y|
-    (-inf for n > 0 where y = 0) and their maximum lam (0 where all are -inf); [..., d] -> [..., d], [...].
+def log_scales(kernel: Kernel, direction: tuple[Any, Any], xp: Any) -> tuple[Any, list[Any], Any]:
+    """(u, [x_n], lam) from the direction (u, log|y|) of y (``log_norm``): the unit vector u = y / |y|,
+    each degree's log scale x_n = log(c_n)/2 + n log|y| (-inf for n > 0 where y = 0) and their maximum
+    lam (0 where all are -inf); [..., d] -> [..., d], [...].
     """
-    unit, log_magnitude = log_norm(y, xp)
+    unit, log_magnitude = direction
     finite = xp.isfinite(log_magnitude)
     safe = xp.where(finite, log_magnitude, xp.zeros_like(log_magnitude))
     exponents = []
@@ -130,13 +131,14 @@ def log_scales(kernel: Kernel, y: Any, xp: Any) -> tuple[Any, list[Any], Any]:
     return unit, exponents, xp.where(xp.isfinite(lam), lam, xp.zeros_like(lam))
 
 
-def scaled(kernel: Kernel, y: Any, xp: Any) -> tuple[Any, Any]:
+def scaled(kernel: Kernel, y: Any, xp: Any, direction: tuple[Any, Any] | None = None) -> tuple[Any, Any]:
     """(f, lam) with phi(x) = exp(lam)[..., None] * f for the kernel's feature map.
 
-    ``y`` is sigma^{1/2} x, already rectified for ``relu``: [..., d] -> f [..., D], lam [...]. Every block
-    of f has norm at most one. Where phi(x) = 0 (x = 0 and no degree 0), f = 0 and lam = 0.
+    ``y`` is sigma^{1/2} x, already rectified for ``relu``: [..., d] -> f [..., D], lam [...]; or, when
+    ``direction`` (its ``log_norm``) is given, y may be None. Every block of f has norm at most one.
+    Where phi(x) = 0 (x = 0 and no degree 0), f = 0 and lam = 0.
     """
-    unit, exponents, lam = log_scales(kernel, y, xp)
+    unit, exponents, lam = log_scales(kernel, log_norm(y, xp) if direction is None else direction, xp)
     if len(exponents) == 1:  # the one degree's exponent is lam itself
         return symmetric_power_features(unit, kernel.degrees[0], xp), lam
     blocks = [

@@ -71,7 +71,7 @@ def parallel(p: Prepared, return_state: bool) -> Result:
     g = _gates(p)
     rows = max(1, min(T, ROW_BLOCK_ELEMENTS // T))
     if p.resumed:
-        q_features, q_lam = scaled(p.kernel, p.for_state(p.yq), xp)
+        q_features, q_lam = scaled(p.kernel, None, xp, p.state_direction(p.q_dir))
         from_start = prefix_sums(p.for_state(g), xp)
         query_weight = p.for_state(p.query_weight)
     outputs = []
@@ -84,15 +84,9 @@ def parallel(p: Prepared, return_state: bool) -> Result:
             earlier = into_block[..., :, None] + before[..., None, :]
             log_weight = xp.concat([earlier, log_weight], axis=-1)
         weight = None if p.a is None else _proportion_matrix(p.a[..., r0:r1], p.b[..., :r1], xp)
-        partial = attend(
-            p.kernel,
-            p.yq[..., r0:r1, :],
-            p.yk[..., :r1, :],
-            p.v[..., :r1, :],
-            log_weight,
-            weight,
-            xp,
-        )
+        query = (p.q_dir[0][..., r0:r1, :], p.q_dir[1][..., r0:r1])
+        key = (p.k_dir[0][..., :r1, :], p.k_dir[1][..., :r1])
+        partial = attend(p.kernel, query, key, p.v[..., :r1, :], log_weight, weight, xp)
         if p.resumed:
             from_state = query_states(
                 q_features[..., r0:r1, :], q_lam[..., r0:r1], from_start[..., r0:r1], p.initial,
@@ -103,7 +97,7 @@ def parallel(p: Prepared, return_state: bool) -> Result:
     y = outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=-2)
     if not return_state:
         return y, None
-    return y, _final_state(p, g, *scaled(p.kernel, p.for_state(p.yk), xp))
+    return y, _final_state(p, g, *scaled(p.kernel, None, xp, p.state_direction(p.k_dir)))
 
 
 def recurrent(p: Prepared, return_state: bool) -> Result:
@@ -113,8 +107,8 @@ def recurrent(p: Prepared, return_state: bool) -> Result:
     tokens carries (SZ, M)."""
     xp, e = p.xp, p.e
     g = p.for_state(_gates(p))
-    q_features, q_lam = scaled(p.kernel, p.for_state(p.yq), xp)
-    k_features, k_lam = scaled(p.kernel, p.for_state(p.yk), xp)
+    q_features, q_lam = scaled(p.kernel, None, xp, p.state_direction(p.q_dir))
+    k_features, k_lam = scaled(p.kernel, None, xp, p.state_direction(p.k_dir))
     v = p.for_state(p.v)
     values = xp.concat([v, xp.ones_like(v[..., :1])], axis=-1)  # (v_t | 1)
     if p.key_weight is not None:
@@ -123,10 +117,8 @@ def recurrent(p: Prepared, return_state: bool) -> Result:
     own_weight = None
     if p.a is not None:
         own_weight = xp.cos((math.pi / 2) * (p.a - p.b))[..., None, None]
-    own = attend(
-        p.kernel, p.yq[..., None, :], p.yk[..., None, :], p.v[..., None, :],
-        xp.zeros_like(p.yq[..., None, :1]), own_weight, xp,
-    )  # fmt: skip
+    query, key = ((u[..., None, :], log[..., None]) for u, log in (p.q_dir, p.k_dir))
+    own = attend(p.kernel, query, key, p.v[..., None, :], xp.zeros_like(p.v[..., None, :1]), own_weight, xp)
     own = (own[0][..., 0, :], own[1][..., 0], own[2][..., 0])
 
     def step(carry: tuple[Any, Any], x: tuple[Any, ...]) -> tuple[tuple[Any, Any], tuple[Any, ...]]:
@@ -176,35 +168,44 @@ def chunked(p: Prepared, return_state: bool) -> Result:
     size = min(p.chunk_size, T)
     n = -(-T // size)
     g = None if p.g is None else _chunk(p.g, n, size, xp)
-    yq, yk, v = (_chunk(x, n, size, xp, tail=1) for x in (p.yq, p.yk, p.v))
+    v = _chunk(p.v, n, size, xp, tail=1)
+    # padding tokens are zero vectors: u = 0, log norm -inf
+    q_dir, k_dir = (
+        (_chunk(u, n, size, xp, tail=1), _chunk(log, n, size, xp, fill=-math.inf))
+        for u, log in (p.q_dir, p.k_dir)
+    )
 
     # 1. intra-chunk attention, every chunk at once
     weight = None
     if p.a is not None:
         weight = _proportion_matrix(_chunk(p.a, n, size, xp), _chunk(p.b, n, size, xp), xp)
-    log_weight = causal_mask(size, yq.dtype, device(yq), xp) if g is None else segment_sums(g, xp)
-    intra = attend(p.kernel, yq, yk, v, log_weight, weight, xp)
+    log_weight = causal_mask(size, v.dtype, device(v), xp) if g is None else segment_sums(g, xp)
+    intra = attend(p.kernel, q_dir, k_dir, v, log_weight, weight, xp)
     # 2-4. the state path, chunk by chunk
-    inter, final, final_scale = _chunk_by_chunk(p, n, size, g, yq, yk, v)
+    inter, final, final_scale = _chunk_by_chunk(p, n, size, g, q_dir, k_dir, v)
     y = finish(merge(intra, p.back(inter), xp), p.normalize, p.eps, xp)
     y = xp.reshape(y, (*y.shape[:-3], n * size, p.e))[..., :T, :]
     return y, unpack_state(final, final_scale, p) if return_state else None
 
 
-def _chunk_by_chunk(p: Prepared, n: int, size: int, g: Any, yq: Any, yk: Any, v: Any) -> tuple[Any, Any, Any]:
+def _chunk_by_chunk(
+    p: Prepared, n: int, size: int, g: Any, q_dir: tuple[Any, Any], k_dir: tuple[Any, Any], v: Any
+) -> tuple[Any, Any, Any]:
     """Steps 2-4 of ``steps`` fused, one chunk at a time (one ``p.scan`` over chunks): query the state
     entering the chunk, then add the chunk's keys. The state is held as row blocks (``feature_blocks``),
     each updated by
     S_l <- exp(M + g_chunk - M') S_l + f_l(K_c)^T (exp(lam + G_to_end - M') [V_c | 1]),
     M' = max(M + g_chunk, max_j (lam_j + G_j->end)), so only one chunk's features exist at a time.
 
-    yq, yk [B, n, C, d], v [B, n, C, e], g [B, n, C] or None. Returns the inter-chunk partial
-    (num [B, n, C, e], den [B, n, C], m [B, n, C]) and the final (SZ in table order, log scale).
+    q_dir, k_dir: directions (u [B, n, C, d], log norm [B, n, C]); v [B, n, C, e]; g [B, n, C] or None.
+    Returns the inter-chunk partial (num [B, n, C, e], den [B, n, C], m [B, n, C]) and the final (SZ in table
+    order, log scale).
     """
-    xp, e, kernel, dev = p.xp, p.e, p.kernel, device(yq)
-    blocks = layout(yq.shape[-1], kernel.degrees)
-    q_units, q_constant, q_lam = scaled_units(kernel, p.for_state(yq), xp)
-    k_units, k_constant, k_lam = scaled_units(kernel, p.for_state(yk), xp)
+    xp, e, kernel, dev = p.xp, p.e, p.kernel, device(v)
+    d = q_dir[0].shape[-1]
+    blocks = layout(d, kernel.degrees)
+    q_units, q_constant, q_lam = scaled_units(kernel, p.state_direction(q_dir), xp)
+    k_units, k_constant, k_lam = scaled_units(kernel, p.state_direction(k_dir), xp)
     valid = xp.reshape(xp.arange(n * size, device=dev) < p.T, (n, size))
     if g is None:
         to_end = xp.where(valid, xp.zeros_like(k_lam), xp.full_like(k_lam, -math.inf))
@@ -261,7 +262,7 @@ def _chunk_by_chunk(p: Prepared, n: int, size: int, g: Any, yq: Any, yk: Any, v:
     (state, scale), (nums, dens, entering) = p.scan(step, (state, p.initial_scale), xs)
     m = q_log + xp.moveaxis(entering, 0, -1)[..., None]
     inter = (xp.moveaxis(nums, 0, -3), xp.moveaxis(dens, 0, -2), m)
-    order = xp.asarray(inverse_order(yq.shape[-1], kernel.degrees), device=dev)
+    order = xp.asarray(inverse_order(d, kernel.degrees), device=dev)
     final = xp.take(xp.concat(state, axis=-2), order, axis=-2)
     return inter, final, scale
 

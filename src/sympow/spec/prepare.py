@@ -19,6 +19,7 @@ from typing import Any
 
 from .checks import Request
 from .executor import REFERENCE, Executor, Scan
+from .features import log_norm
 from .kernel import Kernel
 from .rotary import accumulate_angles, rotate
 from .state import State
@@ -28,8 +29,9 @@ from .state import State
 class Prepared:
     """Inputs of the forms, broadcast to batch shape B and in the compute dtype.
 
-    yq, yk [B, T, d]: sigma^{1/2} R(mu_t) x_t (rectified for relu); v [B, T, e]; g [B, T] log-gates or
-    None; a, b [B, T] proportions or None, with query_weight and key_weight [B, T, H] their
+    yq, yk [B, T, d]: sigma^{1/2} R(mu_t) x_t (rectified for relu), with their directions q_dir, k_dir
+    (u [B, T, d], log norm [B, T]: ``features.log_norm``, computed once for every step); v [B, T, e]; g [B, T]
+    log-gates or None; a, b [B, T] proportions or None, with query_weight and key_weight [B, T, H] their
     (cos, sin)(pi a / 2) and (cos, sin)(pi b / 2); initial SZ [B, D, H*(e+1)] and its log scale M [B]
     (zero and -inf unless ``resumed``);
     mu_end [B, d/2] (mod 2 pi) or None. The state path works in ``state_dtype``.
@@ -39,6 +41,8 @@ class Prepared:
     kernel: Kernel
     yq: Any
     yk: Any
+    q_dir: tuple[Any, Any]
+    k_dir: tuple[Any, Any]
     v: Any
     g: Any
     a: Any
@@ -70,6 +74,10 @@ class Prepared:
     def back(self, partial: tuple[Any, ...]) -> tuple[Any, ...]:
         """A partial result (num, den, m) of the state path, in the compute dtype of the scores."""
         return tuple(self.xp.astype(x, self.yq.dtype) for x in partial)
+
+    def state_direction(self, direction: tuple[Any, Any]) -> tuple[Any, Any]:
+        """A direction (u, log norm) in the state's dtype."""
+        return self.for_state(direction[0]), self.for_state(direction[1])
 
     def for_state(self, x: Any) -> Any:
         """x in the state's accumulation dtype (None stays None)."""
@@ -114,8 +122,10 @@ def prepare(request: Request, executor: Executor = REFERENCE) -> Prepared:
         query_weight, key_weight = (_half_weights(x, xp) for x in (a, b))
     state_dtype = getattr(xp, request.state_dtype)
     initial, initial_scale = pack_state(state, request, state_dtype)
+    yq, yk = q * root_scale, k * root_scale
     return Prepared(
-        xp=xp, kernel=request.kernel, yq=q * root_scale, yk=k * root_scale, v=v, g=g, a=a, b=b,
+        xp=xp, kernel=request.kernel, yq=yq, yk=yk, q_dir=log_norm(yq, xp), k_dir=log_norm(yk, xp), v=v,
+        g=g, a=a, b=b,
         query_weight=query_weight, key_weight=key_weight, initial=initial,
         initial_scale=initial_scale, resumed=state is not None, mu_end=mu_end,
         normalize=request.normalize, eps=request.eps, chunk_size=request.chunk_size,

@@ -21,7 +21,6 @@ from typing import Any
 
 from array_api_compat import device
 
-from .features import log_norm
 from .kernel import Kernel
 
 
@@ -32,24 +31,25 @@ def finite_or_zero(m: Any, xp: Any) -> Any:
 
 def attend(
     kernel: Kernel,
-    yq: Any,
-    yk: Any,
+    query: tuple[Any, Any],
+    key: tuple[Any, Any],
     v: Any,
     log_weight: Any,
     proportion_weight: Any,
     xp: Any,
 ) -> tuple[Any, Any, Any]:
-    """Step 1: (num [..., R, e], den [..., R], m [..., R]) of queries yq [..., R, d] on keys yk [..., K, d].
+    """Step 1: (num [..., R, e], den [..., R], m [..., R]) of R queries on K keys.
 
-    kappa_ij = sum_n c_n s_ij^n with s = yq yk^T, times exp(log_weight) (gates, -inf where masked) and
-    proportion_weight [..., R, K] (or None). The scores are taken from unit directions and log norms,
-    s_ij = exp(Lq_i + Lk_j) cos_ij with |cos_ij| <= 1, so no score is ever formed and none overflows
-    (norms of 1e20 in float32 are fine). Each term is cos_ij^n exp(x_nij - m_i) with
-    x_nij = log c_n + n (Lq_i + Lk_j) + log_weight_ij and m_i = max_{n, j} x_nij, an upper bound of the
-    row's log-magnitude that is factored out of the row (cos^n carries the sign of odd powers).
+    ``query`` and ``key`` are the directions (u, L) of yq [..., R, d] and yk [..., K, d]
+    (``features.log_norm``: unit vectors and log norms). kappa_ij = sum_n c_n s_ij^n with s = yq yk^T,
+    times exp(log_weight) (gates, -inf where masked) and proportion_weight [..., R, K] (or None). The
+    scores are taken from the directions, s_ij = exp(Lq_i + Lk_j) cos_ij with |cos_ij| <= 1, so no score
+    is ever formed and none overflows (norms of 1e20 in float32 are fine). Each term is
+    cos_ij^n exp(x_nij - m_i) with x_nij = log c_n + n (Lq_i + Lk_j) + log_weight_ij and
+    m_i = max_{n, j} x_nij, an upper bound of the row's log-magnitude that is factored out of the row
+    (cos^n carries the sign of odd powers).
     """
-    uq, lq = log_norm(yq, xp)
-    uk, lk = log_norm(yk, xp)
+    (uq, lq), (uk, lk) = query, key
     cos = uq @ xp.matrix_transpose(uk)
     terms = []  # (n, exponent without the row's n Lq_i, n Lq_i)
     for n, log_c in zip(kernel.degrees, kernel.log_coefficients, strict=True):

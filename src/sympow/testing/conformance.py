@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 
 from ..spec.state import State
+from .condition import condition_numbers
 from .inputs import convert, namespace
 from .suite import Case, load_cases, wrap_angle
-from .tolerances import TINY, relative_error, to_numpy, tolerance
+from .tolerances import TINY, condition_scaled_error, contract_state_dtype, to_numpy, tolerance
 
 CHECKS = ("output", "state", "resume", "from-state")
 
@@ -114,13 +115,17 @@ def check(
     xp: Any = "numpy",
     checks: Sequence[str] = CHECKS,
     raise_on_failure: bool = True,
+    state_dtype: str | None = None,
 ) -> Report:
     """Run ``fn`` on the conformance ``cases`` (default: all shipped) and compare with their outputs.
 
     ``fn`` has the signature of ``sympow.attention`` (bind ``form``, ``backend`` and the like with
     ``functools.partial``; wrap another layout with ``adapt_layout``). ``xp`` is the array namespace (a
     module or "numpy", "torch", "jax", "array_api_strict") the inputs are given in, ``dtype`` their dtype
-    name; the tolerance is ``tolerance(dtype)``. ``checks`` picks among "output", "state", "resume" and
+    name; the tolerance is ``tolerance(dtype)``, and each output row's error is measured against its own
+    tolerance max(tau, gamma u c_i) (math.md 9: ``condition_scaled_error``, c_i the case's state-path
+    condition number, u that of ``state_dtype``, by default the contract's: the inputs' accumulation
+    dtype up to degree 4, float64 above). ``checks`` picks among "output", "state", "resume" and
     "from-state" (module docstring): an implementation without a state passes ``checks=("output",)``;
     "state" and "from-state" need states with the fields of ``sympow.State`` in its layout.
 
@@ -136,7 +141,7 @@ def check(
     selected = _cases(cases)
     results: list[Result] = []
     for case in selected:
-        results += _check_case(fn, case, module, dtype, tuple(checks))
+        results += _check_case(fn, case, module, dtype, tuple(checks), state_dtype)
     report = Report(tuple(results), dtype, getattr(module, "__name__", str(module)))
     if raise_on_failure:
         report.raise_for_failures()
@@ -209,15 +214,32 @@ def tokens(inputs: dict[str, Any], start: int, stop: int | None) -> dict[str, An
     return {key: cut(value, axes[key]) for key, value in inputs.items()}
 
 
-def output_error(y: Any, case: Case, rows: slice = slice(None)) -> tuple[float, str]:
-    """(error, detail) of an output against the case's y[..., rows, :], by the tolerance table's measure."""
+def output_error(
+    y: Any,
+    case: Case,
+    rows: slice = slice(None),
+    *,
+    dtype: str = "float64",
+    condition: Any = None,
+    state_dtype: str | None = None,
+) -> tuple[float, str]:
+    """(error, detail) of an output against the case's y[..., rows, :], by the tolerance table's measure,
+    each row against its own tolerance where ``condition`` (c_i [..., rows]) is given."""
     expected = case.y[..., rows, :]
     got = to_numpy(y)
     if got.shape != expected.shape:
         return math.inf, f"output shape {got.shape}, expected {expected.shape}"
     if not np.isfinite(got).all():
         return math.inf, "non-finite output entries"
-    error = relative_error(got, expected, case.arrays["v"], normalize=case.normalize)
+    error = condition_scaled_error(
+        got,
+        expected,
+        case.arrays["v"],
+        normalize=case.normalize,
+        dtype_name=dtype,
+        condition=condition,
+        state_dtype_name=state_dtype,
+    )
     if error == 0.0:
         return error, ""
     worst = np.unravel_index(np.argmax(np.abs(got - expected)), got.shape)
@@ -263,12 +285,34 @@ def _concat(first: Any, second: Any) -> np.ndarray:
     return np.concatenate([to_numpy(first), to_numpy(second)], axis=-2)
 
 
+def case_condition(case: Case, initial_state: State | None = None, rows: slice = slice(None)) -> np.ndarray:
+    """The state-path condition numbers c_i of the case's rows (math.md 9), from its float64 inputs."""
+    inputs = tokens(case.inputs, rows.start or 0, rows.stop)
+    return condition_numbers(
+        inputs["q"], inputs["k"], inputs["v"], **case.options, log_gate=inputs["log_gate"],
+        proportions=inputs["proportions"], rotary=inputs["rotary"], initial_state=initial_state,
+    )  # fmt: skip
+
+
 def _check_case(
-    fn: Callable[..., Any], case: Case, xp: Any, dtype: str, checks: tuple[str, ...]
+    fn: Callable[..., Any],
+    case: Case,
+    xp: Any,
+    dtype: str,
+    checks: tuple[str, ...],
+    state_dtype: str | None = None,
 ) -> list[Result]:
     tol = tolerance(dtype)
     arrays = convert(case.inputs, xp, dtype)
     results = []
+    highest = case.power if case.kernel in ("sympow", "taylor") else 1
+    path = contract_state_dtype(dtype, highest_degree=highest, state_dtype=state_dtype)
+    condition = case_condition(case)
+
+    def output_error_of(y: Any, rows: slice = slice(None), c: Any = condition) -> tuple[float, str]:
+        return output_error(
+            y, case, rows, dtype=dtype, condition=c[..., rows] if c is condition else c, state_dtype=path
+        )
 
     def record(name: str, measure: Callable[[], tuple[float, str]]) -> None:
         try:
@@ -284,7 +328,7 @@ def _check_case(
         def run_full() -> tuple[float, str]:
             out = _call(fn, case, arrays, return_state=True) if wants_state else _call(fn, case, arrays)
             y, full["state"] = out if wants_state else (out, None)
-            return output_error(y, case)
+            return output_error_of(y)
 
         record("output", run_full)
         if wants_state:
@@ -301,7 +345,7 @@ def _check_case(
                 y2, final = _call(fn, case, tokens(arrays, split, None), return_state=True, **extra)
             else:
                 y2, final = _call(fn, case, tokens(arrays, split, None), **extra), None
-            error, detail = output_error(_concat(y1, y2), case)
+            error, detail = output_error_of(_concat(y1, y2))
             if final is not None:
                 s_error, s_detail = state_error(final, case)
                 if s_error > error:
@@ -314,7 +358,8 @@ def _check_case(
         def run_from_state() -> tuple[float, str]:
             state = case_state(case, "split", xp, dtype)
             y = _call(fn, case, tokens(arrays, split, None), initial_state=state)
-            return output_error(y, case, slice(split, None))
+            c = case_condition(case, case_state(case, "split", np, "float64"), slice(split, None))
+            return output_error_of(y, slice(split, None), c)
 
         record("from-state", run_from_state)
     return results

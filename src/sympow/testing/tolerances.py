@@ -72,16 +72,18 @@ def relative_error(y: Any, y_ref: Any, v: Any = None, *, normalize: bool) -> flo
         return float("inf")
     if y.size == 0:
         return 0.0
-    if not np.isfinite(y).all():
-        return float("inf")
+    rows = relative_errors_by_row(np.atleast_1d(y), np.atleast_1d(y_ref), v, normalize=normalize)
+    return float(np.max(rows))
+
+
+def _error_scale(y_ref: np.ndarray, v: Any, normalize: bool) -> float:
+    """max |v| for normalised output (v required), max |y_ref| otherwise."""
     if normalize:
         if v is None:
             raise ValueError("v is needed to measure the error of normalised output")
-        v = to_numpy(v)
-        scale = float(np.max(np.abs(v))) if v.size else 0.0
-    else:
-        scale = float(np.max(np.abs(y_ref)))
-    return float(np.max(np.abs(y - y_ref))) / max(scale, TINY)
+        v_np = to_numpy(v)
+        return float(np.max(np.abs(v_np))) if v_np.size else 0.0
+    return float(np.max(np.abs(y_ref))) if y_ref.size else 0.0
 
 
 def assert_close(
@@ -196,16 +198,34 @@ def relative_errors_by_row(y: Any, y_ref: Any, v: Any = None, *, normalize: bool
     y_np, y_ref_np = to_numpy(y), to_numpy(y_ref)
     if y_np.shape != y_ref_np.shape:
         raise ValueError(f"shape {y_np.shape} != reference shape {y_ref_np.shape}")
-    if normalize:
-        if v is None:
-            raise ValueError("v is needed to measure the error of normalised output")
-        v_np = to_numpy(v)
-        scale = float(np.max(np.abs(v_np))) if v_np.size else 0.0
-    else:
-        scale = float(np.max(np.abs(y_ref_np))) if y_ref_np.size else 0.0
+    scale = _error_scale(y_ref_np, v, normalize)
     with np.errstate(invalid="ignore"):
         diff = np.where(np.isfinite(y_np), np.abs(y_np - y_ref_np), np.inf)
     return np.max(diff, axis=-1, initial=0.0) / max(scale, TINY)
+
+
+def condition_scaled_error(
+    y: Any,
+    y_ref: Any,
+    v: Any = None,
+    *,
+    normalize: bool,
+    dtype_name: str,
+    condition: Any = None,
+    state_dtype_name: str | None = None,
+) -> float:
+    """max_i err_i tau / tol_i: each row's error against its own tolerance (``row_tolerances``), in units
+    of the table's tau, so that it passes where it is <= tau. Rows with gamma u c_i <= tau (and every
+    row when ``condition`` is None) count with their plain error, so this equals ``relative_error`` on
+    well-conditioned inputs. ``check`` and ``sympow validate`` report this number."""
+    errors = relative_errors_by_row(y, y_ref, v, normalize=normalize)
+    if errors.size == 0:
+        return 0.0
+    if condition is None:
+        return float(np.max(errors))
+    tau = tolerance(dtype_name)
+    allowance = row_tolerances(condition, dtype_name, state_dtype_name) / tau
+    return float(np.max(errors / np.broadcast_to(allowance, errors.shape)))
 
 
 def assert_close_rows(
