@@ -277,3 +277,39 @@ def test_query_nearly_orthogonal_to_every_key(xp, form):
         assert_close(
             y, reference(inputs), inputs["v"], dtype_name="float32", normalize=True, what=f"{form} {offset}"
         )
+
+
+@pytest.mark.parametrize(
+    ("norms", "what"),
+    [
+        ((1e-2, 1e-2, 1.0), "chunk scales 9 nats apart: one reference"),
+        ((1e-25, 1e-25, 1.0), "115 nats apart: a running scale (one reference would underflow chunk 0)"),
+        ((0.0, 1e-2, 1.0), "an empty state before the first key must not pose as one of scale R"),
+    ],
+)
+@pytest.mark.parametrize("resumed", [False, True])
+def test_chunk_scales_near_and_far_apart(xp, norms, what, resumed):
+    """Without gates the chunked form holds the state against one reference R when every chunk's scale
+    lies within 20 nats of the largest, and against a running scale otherwise. Keys of chunks 0 and 1
+    (8 tokens each) are scaled by ``norms[:2]``, the rest by ``norms[2]``: the queries of chunk 1 then
+    depend on chunk 0's tiny keys, which float32 loses if they are held against R (exp(-115) underflows),
+    and an empty state (zero keys) held as one of scale R would swamp the first query of chunk 1, whose
+    only key (norm 1e-25) is far below its chunk's scale. float32, one call and resumed, against the
+    double loop."""
+    inputs = make_inputs(batch=(2,), T=24, d=4, e=3, seed=8, dtype="float32")
+    for chunk, norm in enumerate(norms):
+        inputs["k"][..., 8 * chunk : 8 * chunk + 8, :] *= np.float32(norm)
+    if norms[0] == 0.0:
+        inputs["k"][..., 8, :] *= np.float32(1e-23)
+    arrays = convert(inputs, xp, "float32")
+    options = dict(form="chunked", chunk_size=8)
+    if resumed:
+        head = {key: value[..., :5, :] for key, value in arrays.items()}
+        tail = {key: value[..., 5:, :] for key, value in arrays.items()}
+        y1, state = sympow.attention(head["q"], head["k"], head["v"], return_state=True, **options)
+        y2 = sympow.attention(tail["q"], tail["k"], tail["v"], initial_state=state, **options)
+        y = np.concatenate([to_numpy(y1), to_numpy(y2)], axis=-2)
+    else:
+        y = sympow.attention(arrays["q"], arrays["k"], arrays["v"], **options)
+    rounded = {key: value.astype(np.float64) for key, value in inputs.items()}
+    assert_close(y, reference(rounded), rounded["v"], dtype_name="float32", normalize=True, what=what)

@@ -406,24 +406,31 @@ def test_nearly_orthogonal_cases_run_through_attention(case):
 
 
 def test_row_tolerances_law():
-    c = np.array([[0.0, 1.0, 100.0, 1e6, np.inf]])
-    assert GAMMA == 4.0 and state_path_gamma() == GAMMA and state_path_gamma(2080, 4096) == GAMMA
-    law = {
-        ("float32", None): np.maximum(1e-4, 4.0 * U32 * c),
-        ("float16", None): np.maximum(2e-2, 4.0 * U32 * c),
-        ("float64", None): np.maximum(1e-10, 4.0 * 2.0**-53 * c),
-        ("float32", "float64"): np.maximum(1e-4, 4.0 * 2.0**-53 * c),
+    c = np.array([[0.0, 1.0, 100.0, 1e6, 2e7, np.inf]])
+
+    def law(tau, u, gamma=8.0):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            bound = gamma * u * c / (1 - u * c)
+        return np.where(u * c < 1, np.maximum(tau, bound), np.inf)
+
+    assert GAMMA == 8.0 and state_path_gamma() == GAMMA and state_path_gamma(2080, 4096) == GAMMA
+    expected = {
+        ("float32", None): law(1e-4, U32),
+        ("float16", None): law(2e-2, U32),
+        ("float64", None): law(1e-10, 2.0**-53),
+        ("float32", "float64"): law(1e-4, 2.0**-53),
     }
-    for (dtype, state), expected in law.items():
-        np.testing.assert_array_equal(row_tolerances(c, dtype, state), expected)
-    np.testing.assert_array_equal(row_tolerances(c, "float32", gamma=2.0), np.maximum(1e-4, 2.0 * U32 * c))
+    for (dtype, state), want in expected.items():
+        np.testing.assert_array_equal(row_tolerances(c, dtype, state), want)
+    np.testing.assert_array_equal(row_tolerances(c, "float32", gamma=2.0), law(1e-4, U32, 2.0))
+    assert np.isinf(row_tolerances(c, "float32")[0, 4])  # u c >= 1: no digit of that row is determined
     assert unit_roundoff("torch.float32") == U32
     with pytest.raises(ValueError, match="condition"):
         row_tolerances(np.array([-1.0]), "float32")
 
 
 def test_well_conditioned_rows_keep_the_table():
-    """Where c <= 100 (indeed up to tau / (gamma u), about 420 in float32) the tolerance is the table's."""
+    """Where c <= 100 (indeed up to tau / (gamma u), about 210 in float32) the tolerance is the table's."""
     c = np.linspace(0.0, 100.0, 11)
     np.testing.assert_array_equal(row_tolerances(c, "float32"), tolerance("float32"))
     np.testing.assert_array_equal(row_tolerances(c, "float64"), tolerance("float64"))
@@ -449,7 +456,7 @@ def test_assert_close_rows_catches_a_planted_error(normalize):
     message = str(info.value)
     assert message.startswith("planted: 1 of 20 rows") and "worst row (1, 6)" in message
     assert "condition number 1.000e+01" in message and "error 5.0" in message
-    c[1, 6] = 1e6  # that row is ill-conditioned: its tolerance is 4 u32 1e6, about 0.24
+    c[1, 6] = 1e6  # that row is ill-conditioned: its tolerance is 8 u32 1e6 / (1 - u32 1e6), about 0.5
     assert_close_rows(y, y_ref, v, dtype_name="float32", normalize=normalize, condition=c)
     assert_close_rows(y, y_ref, v, dtype_name="float32", normalize=normalize, condition=np.full(10, 1e6))
     with pytest.raises(AssertionError, match="rows exceed"):

@@ -137,14 +137,15 @@ def scaled_units(kernel: Kernel, direction: tuple[Any, Any], xp: Any) -> tuple[d
     block is ``constant`` = exp(x_0 - lam). ``direction`` is (u, log|y|) of y (``features.log_norm``).
     """
     unit, exponents, lam = log_scales(kernel, direction, xp)
+    safe = xp.where(xp.isfinite(lam), lam, xp.zeros_like(lam))  # lam = -inf where phi = 0
     units, constant = {}, None
     for n, exponent in zip(kernel.degrees, exponents, strict=True):
         if n == 0:
-            constant = xp.exp(exponent - lam)
+            constant = xp.exp(exponent - safe)
         elif len(exponents) == 1:
             units[n] = unit
         else:
-            units[n] = unit * xp.exp((exponent - lam) / n)[..., None]
+            units[n] = unit * xp.exp((exponent - safe) / n)[..., None]
     return units, constant, lam
 
 

@@ -114,7 +114,7 @@ def safe_log(x: Any, xp: Any) -> Any:
 def log_scales(kernel: Kernel, direction: tuple[Any, Any], xp: Any) -> tuple[Any, list[Any], Any]:
     """(u, [x_n], lam) from the direction (u, log|y|) of y (``log_norm``): the unit vector u = y / |y|,
     each degree's log scale x_n = log(c_n)/2 + n log|y| (-inf for n > 0 where y = 0) and their maximum
-    lam (0 where all are -inf); [..., d] -> [..., d], [...].
+    lam (-inf where all are, i.e. where phi(y) = 0: y = 0 and no degree 0); [..., d] -> [..., d], [...].
     """
     unit, log_magnitude = direction
     finite = xp.isfinite(log_magnitude)
@@ -128,7 +128,7 @@ def log_scales(kernel: Kernel, direction: tuple[Any, Any], xp: Any) -> tuple[Any
     lam = exponents[0]
     for exponent in exponents[1:]:
         lam = xp.maximum(lam, exponent)
-    return unit, exponents, xp.where(xp.isfinite(lam), lam, xp.zeros_like(lam))
+    return unit, exponents, lam
 
 
 def scaled(kernel: Kernel, y: Any, xp: Any, direction: tuple[Any, Any] | None = None) -> tuple[Any, Any]:
@@ -136,13 +136,15 @@ def scaled(kernel: Kernel, y: Any, xp: Any, direction: tuple[Any, Any] | None = 
 
     ``y`` is sigma^{1/2} x, already rectified for ``relu``: [..., d] -> f [..., D], lam [...]; or, when
     ``direction`` (its ``log_norm``) is given, y may be None. Every block of f has norm at most one.
-    Where phi(x) = 0 (x = 0 and no degree 0), f = 0 and lam = 0.
+    Where phi(x) = 0 (x = 0 and no degree 0), f = 0 and lam = -inf: a zero vector weighs nothing, and
+    an empty state or partial keeps its scale -inf.
     """
     unit, exponents, lam = log_scales(kernel, log_norm(y, xp) if direction is None else direction, xp)
     if len(exponents) == 1:  # the one degree's exponent is lam itself
         return symmetric_power_features(unit, kernel.degrees[0], xp), lam
+    safe = xp.where(xp.isfinite(lam), lam, xp.zeros_like(lam))
     blocks = [
-        xp.exp(exponent - lam)[..., None] * symmetric_power_features(unit, n, xp)
+        xp.exp(exponent - safe)[..., None] * symmetric_power_features(unit, n, xp)
         for n, exponent in zip(kernel.degrees, exponents, strict=True)
     ]
     return xp.concat(blocks, axis=-1), lam

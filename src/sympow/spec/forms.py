@@ -21,11 +21,22 @@ from typing import Any
 
 from array_api_compat import device
 
+from .concrete import is_concrete
 from .feature_blocks import build, inverse_order, layout, scaled_units
 from .features import scaled
 from .prepare import Prepared, unpack_state
 from .state import State
-from .steps import attend, chunk_states, finish, finite_or_zero, merge, query_states, scan_states
+from .steps import (
+    attend,
+    attend_ungated,
+    chunk_states,
+    finish,
+    finite_or_zero,
+    merge,
+    narrow_keys,
+    query_states,
+    scan_states,
+)
 from .weights import causal_mask, prefix_sums, segment_sums, suffix_sums
 
 ROW_BLOCK_ELEMENTS = 1 << 22  # score-matrix entries per batch entry in one block of the parallel form
@@ -179,8 +190,11 @@ def chunked(p: Prepared, return_state: bool) -> Result:
     weight = None
     if p.a is not None:
         weight = _proportion_matrix(_chunk(p.a, n, size, xp), _chunk(p.b, n, size, xp), xp)
-    log_weight = causal_mask(size, v.dtype, device(v), xp) if g is None else segment_sums(g, xp)
-    intra = attend(p.kernel, q_dir, k_dir, v, log_weight, weight, xp)
+    if g is None and narrow_keys(p.kernel, k_dir[1], xp):
+        intra = attend_ungated(p.kernel, q_dir, k_dir, v, weight, xp)
+    else:
+        log_weight = causal_mask(size, v.dtype, device(v), xp) if g is None else segment_sums(g, xp)
+        intra = attend(p.kernel, q_dir, k_dir, v, log_weight, weight, xp)
     # 2-4. the state path, chunk by chunk
     inter, final, final_scale = _chunk_by_chunk(p, n, size, g, q_dir, k_dir, v)
     y = finish(merge(intra, p.back(inter), xp), p.normalize, p.eps, xp)
@@ -238,13 +252,7 @@ def _chunk_by_chunk(
         state, scale = carry
         q_u, k_u = x[: len(degrees)], x[len(degrees) : 2 * len(degrees)]
         q_c, k_c, weighted, top, total, weight = x[2 * len(degrees) :]
-        q_features = features(q_u, q_c)
-        product = xp.matrix_transpose(q_features[0]) @ state[0]
-        for f, s in zip(q_features[1:], state[1:], strict=True):
-            product = product + xp.matrix_transpose(f) @ s
-        if weight is not None:
-            product = xp.reshape(product, (*product.shape[:-1], halves, e + 1))
-            product = xp.sum(product * weight[..., None], axis=-2)
+        product = query(state, features(q_u, q_c), weight)
         decayed = scale if total is None else scale + total
         new_scale = xp.maximum(decayed, top)
         reference = finite_or_zero(new_scale, xp)
@@ -253,18 +261,77 @@ def _chunk_by_chunk(
         state = tuple(keep * s + f @ weighted for f, s in zip(features(k_u, k_c), state, strict=True))
         return (state, new_scale), (product[..., :e], product[..., e], scale)
 
+    def query(state: tuple[Any, ...], q_features: list[Any], weight: Any) -> Any:
+        product = xp.matrix_transpose(q_features[0]) @ state[0]
+        for f, s in zip(q_features[1:], state[1:], strict=True):
+            product = product + xp.matrix_transpose(f) @ s
+        if weight is not None:
+            product = xp.reshape(product, (*product.shape[:-1], halves, e + 1))
+            product = xp.sum(product * weight[..., None], axis=-2)
+        return product
+
+    def fixed_step(state: tuple[Any, ...], x: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+        q_u, k_u = x[: len(degrees)], x[len(degrees) : 2 * len(degrees)]
+        q_c, k_c, weighted, weight = x[2 * len(degrees) :]
+        product = query(state, features(q_u, q_c), weight)
+        state = tuple(s + f @ weighted for f, s in zip(features(k_u, k_c), state, strict=True))
+        return state, (product[..., :e], product[..., e])
+
     tokens_last = [xp.matrix_transpose(q_units[n]) for n in degrees]  # [B, n, d, C]: tokens last
     tokens_last += [xp.matrix_transpose(k_units[n]) for n in degrees]
     constants = [None if c is None else c[..., None, :] for c in (q_constant, k_constant)]
-    xs = tuple(_leading(x, -3, xp) for x in (*tokens_last, *constants, values))
-    xs += (_leading(chunk_max, -1, xp), _leading(totals, -1, xp), _leading(query_weight, -3, xp))
+    xs = tuple(_leading(x, -3, xp) for x in (*tokens_last, *constants))
     state = tuple(xp.take(p.initial, xp.asarray(block.rows, device=dev), axis=-2) for block in blocks)
-    (state, scale), (nums, dens, entering) = p.scan(step, (state, p.initial_scale), xs)
-    m = q_log + xp.moveaxis(entering, 0, -1)[..., None]
+    weights = _leading(query_weight, -3, xp)
+    fixed = _fixed_reference(chunk_max, totals, p.initial_scale, xp)
+    if fixed is None:
+        xs += (_leading(values, -3, xp), _leading(chunk_max, -1, xp), _leading(totals, -1, xp), weights)
+        (state, scale), (nums, dens, entering) = p.scan(step, (state, p.initial_scale), xs)
+        entering = xp.moveaxis(entering, 0, -1)
+    else:
+        # every chunk against one reference: no rescaling of the state from chunk to chunk
+        values = values * xp.exp(chunk_max - fixed[..., None])[..., None, None]
+        keep = xp.exp(p.initial_scale - fixed)[..., None, None]
+        state = tuple(keep * s for s in state)
+        state, (nums, dens) = p.scan(fixed_step, state, (*xs, _leading(values, -3, xp), weights))
+        scale = xp.where(xp.isfinite(p.initial_scale) | xp.any(xp.isfinite(chunk_max), axis=-1),
+                         fixed, xp.full_like(fixed, -math.inf))  # fmt: skip
+        entering = _entering_fixed(fixed, chunk_max, p.initial_scale, xp)
+    m = q_log + entering[..., None]
     inter = (xp.moveaxis(nums, 0, -3), xp.moveaxis(dens, 0, -2), m)
     order = xp.asarray(inverse_order(d, kernel.degrees), device=dev)
     final = xp.take(xp.concat(state, axis=-2), order, axis=-2)
     return inter, final, scale
+
+
+FIXED_SPREAD = 20.0  # nats: the widest spread of chunk scales that one reference holds without loss
+
+
+def _fixed_reference(chunk_max: Any, totals: Any, initial_scale: Any, xp: Any) -> Any:
+    """One reference R [B] for every chunk, or None.
+
+    Without gates the running scale M of the state only grows, to the largest chunk maximum so far; when
+    every chunk's maximum (and the initial state's scale) lies within ``FIXED_SPREAD`` of the largest, R =
+    that largest one serves every chunk: each chunk's update is scaled by exp(chunk_max - R) >= e^-20 (no
+    precision lost in float32 or float64) and the state is never rescaled. Decided once per call, so only
+    where the values can be read (not under jit or torch.compile, which take the general path)."""
+    if totals is not None or not is_concrete(chunk_max):
+        return None
+    levels = xp.concat([chunk_max, initial_scale[..., None]], axis=-1)
+    top = xp.max(levels, axis=-1)
+    low = xp.min(xp.where(xp.isfinite(levels), levels, xp.full_like(levels, math.inf)), axis=-1)
+    narrow = ~xp.isfinite(top) | (top - low <= FIXED_SPREAD)
+    return finite_or_zero(top, xp) if bool(xp.all(narrow)) else None
+
+
+def _entering_fixed(fixed: Any, chunk_max: Any, initial_scale: Any, xp: Any) -> Any:
+    """[B, n]: the scale of the state entering each chunk under one reference: R once anything has
+    entered the state (the initial state, or a key of an earlier chunk), -inf before (an empty state
+    must not pose as one of scale R)."""
+    filled = xp.astype(xp.isfinite(chunk_max), xp.int32)
+    before = xp.cumulative_sum(filled, axis=-1) - filled  # keys of earlier chunks
+    seen = (before > 0) | xp.isfinite(initial_scale)[..., None]
+    return xp.where(seen, fixed[..., None], xp.full_like(chunk_max, -math.inf))
 
 
 FORMS = {"parallel": parallel, "recurrent": recurrent, "chunked": chunked}
