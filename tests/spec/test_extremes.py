@@ -313,3 +313,15 @@ def test_chunk_scales_near_and_far_apart(xp, norms, what, resumed):
         y = sympow.attention(arrays["q"], arrays["k"], arrays["v"], **options)
     rounded = {key: value.astype(np.float64) for key, value in inputs.items()}
     assert_close(y, reference(rounded), rounded["v"], dtype_name="float32", normalize=True, what=what)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_scores_beyond_the_float32_range(xp, form):
+    """float32 q and k of norm about 1e20 (scores about 1e40, past float32's 3e38): every exact output is
+    finite (1, with v = 1), and so is every form's, since scores are taken from unit directions and log
+    norms and never formed (issue 12: every form returned NaN here)."""
+    rng = np.random.default_rng(0)
+    q, k = (rng.standard_normal((32, 8)) * (1e20 / 3) for _ in range(2))
+    arrays = convert({"q": q, "k": k, "v": np.ones((32, 1))}, xp, "float32")
+    y = sympow.attention(arrays["q"], arrays["k"], arrays["v"], form=form, chunk_size=8)
+    np.testing.assert_allclose(to_numpy(y), 1.0, rtol=1e-6)

@@ -28,12 +28,10 @@ from .prepare import Prepared, unpack_state
 from .state import State
 from .steps import (
     attend,
-    attend_ungated,
     chunk_states,
     finish,
     finite_or_zero,
     merge,
-    narrow_keys,
     query_states,
     scan_states,
 )
@@ -190,11 +188,8 @@ def chunked(p: Prepared, return_state: bool) -> Result:
     weight = None
     if p.a is not None:
         weight = _proportion_matrix(_chunk(p.a, n, size, xp), _chunk(p.b, n, size, xp), xp)
-    if g is None and narrow_keys(p.kernel, k_dir[1], xp):
-        intra = attend_ungated(p.kernel, q_dir, k_dir, v, weight, xp)
-    else:
-        log_weight = causal_mask(size, v.dtype, device(v), xp) if g is None else segment_sums(g, xp)
-        intra = attend(p.kernel, q_dir, k_dir, v, log_weight, weight, xp)
+    log_weight = causal_mask(size, v.dtype, device(v), xp) if g is None else segment_sums(g, xp)
+    intra = attend(p.kernel, q_dir, k_dir, v, log_weight, weight, xp)
     # 2-4. the state path, chunk by chunk
     inter, final, final_scale = _chunk_by_chunk(p, n, size, g, q_dir, k_dir, v)
     y = finish(merge(intra, p.back(inter), xp), p.normalize, p.eps, xp)

@@ -78,66 +78,6 @@ def attend(
     return weights @ v, xp.sum(weights, axis=-1), m
 
 
-def attend_ungated(
-    kernel: Kernel, query: tuple[Any, Any], key: tuple[Any, Any], v: Any, proportion_weight: Any, xp: Any
-) -> tuple[Any, Any, Any]:
-    """Step 1 for chunks without gates, causal: (num, den, m) as ``attend`` with log_weight the causal
-    mask, for blocks of C queries and their C keys [..., C, d] whose key log norms lie within
-    ``UNGATED_SPREAD`` / max(degree) of each other (``narrow_keys``).
-
-    Each degree's log-magnitude bound then splits into a row and a column part,
-    x_nij = (n Lq_i) + (log c_n + n Lk_j), and the column part is taken against its largest value M_n
-    over the chunk (not over the causal prefix of each row: at most UNGATED_SPREAD nats more, so nothing
-    underflows): weights_ij = sum_n cos_ij^n exp(n Lq_i + M_n - m_i) exp(log c_n + n Lk_j - M_n), two
-    vectors per degree instead of an exponential over the C x C block.
-    """
-    (uq, lq), (uk, lk) = query, key
-    size = uk.shape[-2]
-    cos = uq @ xp.matrix_transpose(uk)
-    parts = []  # (n, row bound [..., C], column factor [..., C])
-    for n, log_c in zip(kernel.degrees, kernel.log_coefficients, strict=True):
-        if n == 0:
-            parts.append((n, xp.full_like(lq, log_c), None))
-            continue
-        column = n * lk + log_c if log_c else n * lk
-        top = xp.max(column, axis=-1, keepdims=True)
-        safe = finite_or_zero(top, xp)
-        parts.append((n, n * lq + top, xp.exp(column - safe)))
-    m = parts[0][1]
-    for _, bound, _ in parts[1:]:
-        m = xp.maximum(m, bound)
-    reference = finite_or_zero(m, xp)
-    weights = None
-    for n, bound, column in parts:
-        row = xp.exp(bound - reference)[..., :, None]
-        term = row if column is None else _power(cos, n) * (row * column[..., None, :])
-        weights = term if weights is None else weights + term
-    rows = xp.arange(size, device=device(v))
-    causal = rows[:, None] >= rows[None, :]
-    weights = xp.where(causal, weights, xp.zeros_like(weights))
-    if proportion_weight is not None:
-        weights = weights * proportion_weight
-    return weights @ v, xp.sum(weights, axis=-1), m
-
-
-UNGATED_SPREAD = 20.0  # nats of key magnitude (n log|k|) that one column reference per chunk holds
-
-
-def narrow_keys(kernel: Kernel, log_norms: Any, xp: Any) -> bool:
-    """Whether ``attend_ungated`` serves these chunks: the finite key log norms of every chunk
-    ([..., n, C]) lie within UNGATED_SPREAD / max(degree) of each other. Read once per call, so False
-    where the values cannot be read (under jit or torch.compile, which take ``attend``)."""
-    from .concrete import is_concrete
-
-    if not is_concrete(log_norms):
-        return False
-    finite = xp.isfinite(log_norms)
-    top = xp.max(xp.where(finite, log_norms, xp.full_like(log_norms, -math.inf)), axis=-1)
-    low = xp.min(xp.where(finite, log_norms, xp.full_like(log_norms, math.inf)), axis=-1)
-    spread = xp.where(xp.isfinite(top), top - low, xp.zeros_like(top))
-    return bool(xp.all(spread * max(kernel.degrees) <= UNGATED_SPREAD))
-
-
 def _power(x: Any, n: int) -> Any:
     """x^n by repeated squaring (n >= 1)."""
     result, square = None, x
