@@ -275,7 +275,11 @@ def cmd_backends(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
                 "description": entry.description,
             }
         )
-    chosen = backends.registry.requested_name(None)
+    try:
+        chosen = backends.registry.requested_name(None)
+    except ValueError as error:  # SYMPOW_BACKEND names no backend
+        print(f"sympow backends: {error}", file=sys.stderr)
+        return 2
     if args.json:
         _print_json({"default": chosen, "backends": rows})
         return 0

@@ -100,10 +100,33 @@ def test_choice_reaches_the_call(monkeypatch):
 
 
 def test_unknown_name_lists_the_registered():
-    with pytest.raises(ValueError, match=r"backend must be one of .*got 'nope'"):
+    with pytest.raises(ValueError, match=r"backend must name one of the backends .*got 'nope'"):
         chosen(np, "nope")
     with pytest.raises(ValueError, match="nope"), backends.use("nope"):
         pass
+
+
+@pytest.mark.parametrize(
+    ("argument", "error", "message"),
+    [(["x"], TypeError, r"backend must be .*str.* got \['x'\] of type list"), ("", ValueError, "got ''")],
+)
+def test_a_backend_argument_that_names_nothing_is_refused(argument, error, message):
+    """An unhashable or empty ``backend=`` was a bare TypeError or silently automatic (issue 12)."""
+    q = np.ones((3, 4))
+    with pytest.raises(error, match=message):
+        sympow.attention(q, q, q, backend=argument)
+
+
+def test_an_unknown_backend_in_the_environment_names_the_variable(monkeypatch):
+    """SYMPOW_BACKEND=nosuch: the call's error names the variable, and ``sympow backends`` reports it
+    with exit 2 instead of listing it as the default (issue 12)."""
+    monkeypatch.setenv("SYMPOW_BACKEND", "nosuch")
+    q = np.ones((3, 4))
+    with pytest.raises(ValueError, match=r"environment variable SYMPOW_BACKEND must name .*'nosuch'"):
+        sympow.attention(q, q, q)
+    from sympow import cli
+
+    assert cli.main(["backends"]) == 2
 
 
 def test_backend_for_another_library_is_refused():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import sympow
-from sympow.testing import convert, make_inputs
+from sympow.testing import convert, make_inputs, to_numpy
 
 pytestmark = pytest.mark.usefixtures("spec_backend")
 
@@ -188,6 +188,16 @@ def test_bad_dtype(xp, name, dtype):
         call(arrays)
 
 
+@pytest.mark.parametrize("name", ["q", "k", "v"])
+def test_extended_precision_is_refused(name):
+    """np.longdouble (float128 here) was accepted, reported as float128 and computed in float32
+    (issue 12): refused, naming the argument and the dtypes that are computed."""
+    inputs = make_inputs(T=4, d=2, e=2)
+    arrays = {key: inputs[key].astype(np.longdouble) if key == name else inputs[key] for key in "qkv"}
+    with pytest.raises(TypeError, match=rf"{name} must have one of the dtypes .*float64.*got float128"):
+        sympow.attention(arrays["q"], arrays["k"], arrays["v"])
+
+
 @pytest.mark.parametrize("name", ["log_gate", "rotary"])
 def test_bad_dtype_of_optional_arrays(xp, arrays, name):
     bad = xp.asarray(np.zeros(tuple(arrays[name].shape), dtype=np.int64), dtype=xp.int64)
@@ -253,3 +263,23 @@ def test_initial_state_that_does_not_fit(xp, state_of, field):
         state = tuple(state)
     with pytest.raises(ERRORS, match=named("initial_state")):
         call(arrays, initial_state=state, **kwargs)
+
+
+@pytest.mark.parametrize(("field", "value"), [("S", np.nan), ("z", np.inf), ("log_scale", np.nan),
+                                              ("log_scale", np.inf), ("mu", np.nan)])  # fmt: skip
+def test_a_state_with_nan_or_inf_is_refused(xp, field, value):
+    """NaN or inf inside a State was never checked: a NaN log_scale gave finite wrong output, an inf one
+    inf (issue 12). Refused, naming the field; log_scale = -inf (an empty state) stays valid."""
+    arrays = convert(make_inputs(batch=(2,), T=6, d=4, e=3, seed=1, rotary=True), xp, "float64")
+    _, state = sympow.attention(
+        arrays["q"], arrays["k"], arrays["v"], rotary=arrays["rotary"], return_state=True
+    )
+    raw = np.array(to_numpy(getattr(state, field)), copy=True)
+    raw.reshape(-1)[0] = value
+    bad = state._replace(**{field: xp.asarray(raw)})
+    with pytest.raises(ValueError, match=rf"initial_state\.{field} must be finite"):
+        sympow.attention(arrays["q"], arrays["k"], arrays["v"], rotary=arrays["rotary"], initial_state=bad)
+    empty = state._replace(
+        log_scale=xp.asarray(np.full(raw.shape if field == "log_scale" else (2,), -np.inf))
+    )
+    sympow.attention(arrays["q"], arrays["k"], arrays["v"], rotary=arrays["rotary"], initial_state=empty)

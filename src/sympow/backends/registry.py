@@ -102,18 +102,38 @@ def use(name: str) -> Iterator[None]:
         _chosen.reset(token)
 
 
-def requested_name(argument: str | None) -> str | None:
-    """The explicit choice in force: the argument, else use(), else SYMPOW_BACKEND, else None."""
-    return argument or _chosen.get() or os.environ.get(ENVIRONMENT_VARIABLE) or None
+def requested_name(argument: Any) -> str | None:
+    """The explicit choice in force: the argument, else use(), else SYMPOW_BACKEND, else None.
+
+    Raises TypeError for an argument that is not a str or None, and ValueError for an empty or unknown
+    name, naming where it came from (the ``backend`` argument or the environment variable)."""
+    if argument is not None:
+        if not isinstance(argument, str):
+            raise TypeError(
+                f"backend must be a registered backend name (str) or None, got {argument!r} of type "
+                f"{type(argument).__name__}"
+            )
+        return _known(argument, "backend")
+    chosen = _chosen.get()
+    if chosen is not None:
+        return chosen
+    variable = os.environ.get(ENVIRONMENT_VARIABLE)
+    if variable:
+        return _known(variable, f"the environment variable {ENVIRONMENT_VARIABLE}")
+    return None
 
 
-def select(request: Any, argument: str | None = None) -> tuple[Backend, ModuleType]:
+def _known(name: str, source: str) -> str:
+    if name not in _REGISTRY:
+        raise ValueError(f"{source} must name one of the backends {sorted(_REGISTRY)}, got {name!r}")
+    return name
+
+
+def select(request: Any, argument: Any = None) -> tuple[Backend, ModuleType]:
     """The backend that runs ``request``, or ValueError saying why the named one cannot and what can."""
     library = request.library
     name = requested_name(argument)
     if name is not None:
-        if name not in _REGISTRY:
-            raise ValueError(f"backend must be one of {sorted(_REGISTRY)}, got {name!r}")
         backend = _REGISTRY[name]
         reason = _refusal(backend, request, library)
         if reason is not None:

@@ -19,6 +19,7 @@ from .state import State
 
 FORMS = ("parallel", "recurrent", "chunked", "auto")
 STATE_DTYPES = (None, "float32", "float64")
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")  # np.longdouble (float128) is refused
 ACCUMULATION_MAX_DEGREE = 4  # math.md 9: above this degree the default state path is float64
 
 
@@ -158,6 +159,11 @@ def _check_array(name: str, x: Any, xp: Any, dev: Any, min_ndim: int) -> None:
         )
     if not xp.isdtype(x.dtype, "real floating"):
         raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
+    if str(x.dtype).rsplit(".", 1)[-1] not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must have one of the dtypes {FLOAT_DTYPES}, got {x.dtype} (extended precision is not "
+            "computed: cast to float64)"
+        )
     if device(x) != dev and None not in (device(x), dev):  # a traced JAX array has no device
         raise ValueError(f"{name} is on device {device(x)} but q is on {dev}; expected one device")
     if x.ndim < min_ndim:
@@ -276,6 +282,8 @@ def validate(
                 raise ValueError(f"{name} must lie in [0, 1], got an entry outside it (or NaN)")
     if rotary is not None:
         _check_finite("rotary", rotary, xp)
+    if initial_state is not None:
+        _check_state_values(initial_state, xp)
 
     return Request(
         xp=xp, q=q, k=k, v=v, kernel=the_kernel, scale=scale, log_gate=log_gate,
@@ -303,6 +311,19 @@ def resolve_state_dtype(requested: Any, xp: Any, dtype: Any, kernel: Kernel) -> 
     if max(kernel.degrees) <= ACCUMULATION_MAX_DEGREE or not wide:
         return accumulation
     return "float64"
+
+
+def _check_state_values(state: State, xp: Any) -> None:
+    """S, z and mu finite; log_scale finite or -inf (an empty state), never NaN or +inf."""
+    for field in ("S", "z", "mu"):
+        x = getattr(state, field)
+        if x is not None:
+            _check_finite(f"initial_state.{field}", x, xp)
+    log_scale = state.log_scale
+    if _any(xp.isnan(log_scale) | (log_scale == math.inf), xp):
+        raise ValueError(
+            "initial_state.log_scale must be finite or -inf (an empty state), got NaN or +inf entries"
+        )
 
 
 def _check_state(
