@@ -9,6 +9,11 @@
   attention) for every chunk at once; steps 2-4 (chunk state, scan, query of the entering state) fused,
   one chunk at a time, with the features of one chunk only, built in row blocks (``feature_blocks``).
   So memory is O(T C + D e) per batch entry, and no T x D feature array or stack of states exists.
+  Without gates, and when every chunk's scale lies within ``FIXED_SPREAD`` of the largest, one reference
+  serves every chunk and the state is never rescaled (``_fixed_reference``).
+
+The loops over tokens and chunks are the executor's ``p.scan`` (``executor.py``): a Python loop, or
+``lax.scan`` on JAX, over one step function written here once.
 
 ``choose_form`` is the FLOP model of section 6: parallel costs about T (d+e) per token, chunked about
 C (d+e) + 4 D' e, so chunked wins once T > 4 D' e / (d+e) + C.
