@@ -41,7 +41,7 @@ register(
         requires=("torch",),
         priority=10,
         differentiable=True,
-        description="native PyTorch: batched matmuls, float64 state, autograd, torch.compile (CPU, CUDA)",
+        description="PyTorch executor of the spec: autograd, torch.compile (CPU, CUDA)",
     )
 )
 
@@ -68,7 +68,7 @@ register(
         requires=("jax",),
         priority=10,
         differentiable=True,
-        description="native JAX: jax.jit, lax.scan over chunks and tokens, jax.grad, jax.vmap",
+        description="JAX executor of the spec: jax.jit, lax.scan over chunks and tokens, jax.grad, jax.vmap",
     )
 )
 

@@ -12,10 +12,10 @@ kept at a magnitude of about one and `log_scale` [...] carries their common scal
 true entries are far outside float32's range (even powers of large scores) is still representable.
 `mu` is kept reduced modulo 2 pi, in float64 where the namespace has it.
 
-Dtype: the reference keeps S, z and log_scale in its accumulation dtype, float64 wherever the namespace has
-it (also for float32 or 16-bit inputs: see spec/prepare.py), float32 otherwise; the native torch and JAX
-backends keep float64 for float32 and float64 inputs (JAX: when x64 is enabled) and float32 for 16-bit
-inputs; the GPU kernels keep float32. Any state is accepted by any form and backend and cast on entry.
+Dtype: S, z and log_scale are held in the call's state dtype (``state_dtype``, math.md 9): by default the
+inputs' accumulation dtype up to degree 4 (float32 for 16- and 32-bit inputs), float64 above where the
+namespace has it; the same on every backend (the GPU kernels take float32 only). A resumed State of any
+dtype, form or backend is cast to the call's state dtype on entry.
 """
 
 from __future__ import annotations
