@@ -4,8 +4,8 @@ Issue 2's benchmark: NumPy and PyTorch (CPU), kernel sympow p = 2, d = e = 64, 4
 float32 inputs. The chunked form's FLOPs are counted from the matmuls it performs (math.md section 6):
 per token and head 2 C (d + e) for the intra-chunk scores and values, and 4 D (e + 1) for the chunk states
 and their queries (phi(K)^T [V | 1] and phi(Q) [S | z]); the machine's matmul GFLOP/s is measured in the
-same run, on a square product of the library and dtype the state path uses (float64 where the namespace
-has it, see spec/prepare.py) and on float32.
+same run, on square products in float64 and float32. The state path runs in the default state dtype,
+float32 for these float32 inputs (math.md 9); bench_state_path.py has the table per state dtype.
 
     python benchmarks/bench_forms.py                 # full grid, writes benchmarks/results/forms_cpu.*
     python benchmarks/bench_forms.py --quick         # T = 256, 512 only
