@@ -29,10 +29,13 @@ def check_result_type(y, like, shape):
     assert array_api_compat.device(y) == array_api_compat.device(like)
 
 
-def check_state_dtypes(state, q):
-    """The state is kept in the accumulation dtype (spec/state.py): the input's dtype or float64, the
-    same for S, z and log_scale, in the input's namespace (a 0-d NumPy field may be a NumPy scalar)."""
+def check_state_dtypes(state, q, highest_degree=2):
+    """The state is kept in the contract's state dtype (math.md 9): the inputs' accumulation dtype up to
+    degree 4 (float32 for float32 inputs), float64 above; the same for S, z and log_scale, in the input's
+    namespace (a 0-d NumPy field may be a NumPy scalar)."""
     import array_api_compat
+
+    from sympow.testing.tolerances import contract_state_dtype
 
     for field in (state.S, state.z, state.log_scale):
         assert array_api_compat.array_namespace(field) is array_api_compat.array_namespace(q)
@@ -40,7 +43,8 @@ def check_state_dtypes(state, q):
             assert type(field) is type(q)
         assert str(field.dtype) == str(state.S.dtype)
     name = str(state.S.dtype).rsplit(".", 1)[-1]
-    assert name in {str(q.dtype).rsplit(".", 1)[-1], "float64"}, name
+    expected = contract_state_dtype(str(q.dtype).rsplit(".", 1)[-1], highest_degree=highest_degree)
+    assert name == expected, f"state dtype {name}, the contract's {expected}"
 
 
 # Brute force is O(T^2 d) Python: T <= 48 here.
@@ -167,7 +171,7 @@ def test_reference_backend_on_jax(dtype):
                 chunk_size=5, backend="reference", return_state=True,
             )  # fmt: skip
             check_result_type(y, arrays["q"], (*batch, T, 3))
-            check_state_dtypes(state, arrays["q"])
+            check_state_dtypes(state, arrays["q"], highest_degree=4)
             assert_close(y, y_ref, inputs["v"], dtype_name=dtype, normalize=True, what=form)
 
 
