@@ -375,7 +375,7 @@ def _targets():
 # JAX compiles each operation (or each jitted call) for each new shape and option set, about a second
 # per case and check here: per form, JAX runs two cases with every weight and the rotary (the second a
 # batched state resumed with rotary shared across the batch, which failed on the jax backend before it
-# executed the spec), and the whole suite once below.
+# executed the spec).
 JAX_CASES = ["sympow-p2-norm-gate-prop-rope_half", "sympow-p2-norm-broadcast-gate-prop-rope_half"]
 
 
@@ -388,13 +388,6 @@ def test_checker_passes_the_project_backends(backend, library, form):
         return
     check(fn, dtype="float64", xp=library)
     check(fn, cases=load_cases(exclude_tags=["long"]), dtype="float32", xp=library)
-
-
-def test_the_whole_suite_on_the_jax_backend():
-    """Every shipped case and check on the jax backend (form "auto"), float64: the run that failed on
-    the case above before the backend executed the spec (issue 12, about two minutes of compiling)."""
-    pytest.importorskip("jax.numpy")
-    check(functools.partial(sympow.attention, backend="jax"), dtype="float64", xp="jax")
 
 
 # ----------------------------------------------------------------------------------------------------------
