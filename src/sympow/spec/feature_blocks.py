@@ -57,8 +57,7 @@ class Block:
 
 
 def block_shapes(d: int, degrees: tuple[int, ...]) -> list[tuple[int, str, int, int]]:
-    """(degree, kind, count, size) of each row block, in build order (see ``Block``); plain arithmetic,
-    so that a tracing compiler can follow it."""
+    """(degree, kind, count, size) of each row block, in build order (see ``Block``)."""
     shapes = []
     for n in degrees:
         if n == 0:
@@ -74,15 +73,6 @@ def block_shapes(d: int, degrees: tuple[int, ...]) -> list[tuple[int, str, int, 
         else:
             shapes.append((n, "monomials", 1, d))
     return shapes
-
-
-def block_height(degree: int, kind: str, count: int, size: int) -> int:
-    """The number of rows of a block of ``block_shapes``."""
-    if kind == "cross":
-        return count * size * size
-    if kind == "pairs":
-        return count * size * (size + 1) // 2
-    return math.comb(size + degree - 1, degree)
 
 
 @static
