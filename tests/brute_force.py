@@ -8,7 +8,11 @@
     N_i = sum_{j<=i} w_ij kappa_ij v_j,   Z_i = sum_{j<=i} w_ij kappa_ij
     y_i = N_i / (Z_i + eps) (0 where Z_i + eps == 0) if normalize else N_i
 
-Deliberately slow, O(T^2 d) Python: keep T small (<= 64) where it is used.
+Deliberately slow, O(T^2 d) Python: keep T small (<= 64) where it is used. ``dense_brute_force``
+computes the same definition with whole-array NumPy operations (the T x T matrix of w_ij kappa_ij, each
+log-weight a running sum of its own gates), for longer sequences; it shares no code with the library's
+forms (no feature maps, no log-space scales, no blocks or chunks), so it is an independent float64
+reference, and tests/spec/test_forms.py holds it to the double loop.
 """
 
 from __future__ import annotations
@@ -136,3 +140,83 @@ def reference(inputs: dict[str, Any], **kwargs: Any) -> np.ndarray:
     """brute_force on an input dict from ``sympow.testing.make_inputs`` (extra keys ignored)."""
     arrays = {key: inputs.get(key) for key in ("log_gate", "proportions", "rotary")}
     return brute_force(inputs["q"], inputs["k"], inputs["v"], **arrays, **kwargs)
+
+
+def _rotate_all(x: np.ndarray, mu: np.ndarray, layout: str) -> np.ndarray:
+    """R(mu_t) x_t for every token: x [..., T, d], mu [..., T, d/2]."""
+    half = x.shape[-1] // 2
+    if layout == "half":
+        first, second = np.arange(half), np.arange(half) + half
+    elif layout == "interleaved":
+        first, second = 2 * np.arange(half), 2 * np.arange(half) + 1
+    else:
+        raise ValueError(f"unknown rotary_layout {layout!r}")
+    c, s = np.cos(mu), np.sin(mu)
+    out = np.array(x, dtype=np.float64)
+    out[..., first] = x[..., first] * c - x[..., second] * s
+    out[..., second] = x[..., first] * s + x[..., second] * c
+    return out
+
+
+def dense_brute_force(
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    kernel: str = "sympow",
+    power: int = 2,
+    scale: float | None = None,
+    log_gate: Any = None,
+    proportions: Any = None,
+    rotary: Any = None,
+    rotary_layout: str = "half",
+    normalize: bool = True,
+    eps: float = 0.0,
+    mu0: Any = None,
+) -> np.ndarray:
+    """``brute_force``'s y [*batch, T, e] in float64, as whole-array NumPy operations on [*batch, T, T]."""
+    q, k, v = to_numpy(q), to_numpy(k), to_numpy(v)
+    T, d = q.shape[-2], q.shape[-1]
+    sigma = d**-0.5 if scale is None else float(scale)
+    if rotary is not None:
+        mu = np.cumsum(to_numpy(rotary), axis=-2)  # mu_t = mu_0 + sum_{l<=t} w_l
+        if mu0 is not None:
+            mu = mu + to_numpy(mu0)[..., None, :]
+        q, k = _rotate_all(q, mu, rotary_layout), _rotate_all(k, mu, rotary_layout)
+    if kernel == "relu":
+        kappa = sigma * (np.maximum(q, 0.0) @ np.swapaxes(np.maximum(k, 0.0), -1, -2))
+    else:
+        s = sigma * (q @ np.swapaxes(k, -1, -2))
+        if kernel == "sympow":
+            kappa = s**power
+        elif kernel == "taylor":
+            kappa = sum(s**n / math.factorial(n) for n in range(power + 1))
+        elif kernel == "identity":
+            kappa = s
+        else:
+            raise ValueError(f"unknown kernel {kernel!r}")
+    causal = np.tri(T, dtype=bool)  # [i, j]: j <= i
+    weight = np.ones((T, T))
+    if log_gate is not None:
+        g = to_numpy(log_gate)
+        # L[i, j] = sum_{l=j+1..i} g_l, summed from l = j + 1 on (a running sum per column j, not a
+        # difference of prefix sums): the rows l of the masked matrix, accumulated down to row i
+        after = np.tri(T, k=-1, dtype=bool)  # [l, j]: l > j
+        steps = np.where(after, np.broadcast_to(g[..., :, None], (*g.shape, T)), 0.0)
+        weight = weight * np.exp(np.cumsum(steps, axis=-2))
+    if proportions is not None:
+        a, b = to_numpy(proportions[0]), to_numpy(proportions[1])
+        weight = weight * np.cos(math.pi / 2 * (a[..., :, None] - b[..., None, :]))
+    A = np.where(causal, weight * kappa, 0.0)
+    numerator = A @ v
+    if not normalize:
+        return numerator
+    denominator = np.sum(A, axis=-1, keepdims=True) + eps
+    out = np.zeros(np.broadcast_shapes(numerator.shape, denominator.shape))
+    return np.divide(numerator, denominator, out=out, where=np.broadcast_to(denominator != 0, out.shape))
+
+
+def dense_reference(inputs: dict[str, Any], **kwargs: Any) -> np.ndarray:
+    """dense_brute_force on an input dict from ``sympow.testing.make_inputs`` (extra keys ignored)."""
+    arrays = {key: inputs.get(key) for key in ("log_gate", "proportions", "rotary")}
+    return dense_brute_force(inputs["q"], inputs["k"], inputs["v"], **arrays, **kwargs)

@@ -1,7 +1,10 @@
 """Shared fixtures and Hypothesis profiles.
 
 Profiles: "ci" (default; derandomised, about 25 examples a test) and "thorough" (300 examples),
-picked with the HYPOTHESIS_PROFILE environment variable. The ``xp`` fixture runs a test once per
+picked with the HYPOTHESIS_PROFILE environment variable. Under a derandomised profile every test node
+draws from its own seed, the CRC-32 of its node id (``pytest_runtest_call`` below): derandomisation
+alone seeds from the test function's source, so every parametrisation of a test, and every
+``given_for`` property inside one, would draw the very same cases. The ``xp`` fixture runs a test once per
 array namespace that imports: numpy, array_api_strict, torch (CPU) and jax.numpy (CPU, with x64
 enabled so that float64 is real float64).
 """
@@ -10,9 +13,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import zlib
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase, seed, settings
+
+from sympow.testing.strategies import seeded_properties
 
 try:  # before any JAX array exists: float64 must be real in the jax tests
     import jax
@@ -41,6 +47,29 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def node_seed(nodeid: str) -> int:
+    """The Hypothesis seed of a test node under a derandomised profile: stable across runs and
+    machines, and different for each parametrisation."""
+    return zlib.crc32(nodeid.encode())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Seed the node's Hypothesis test (a module-level ``@given``) and the ``given_for`` properties
+    built while it runs with ``node_seed`` (a seed overrides derandomisation, and implies no example
+    database). The function object is shared by every parametrisation, so its seed is set here, for
+    each node as it runs, not at collection. Random profiles ("thorough") are left random."""
+    if not settings.default.derandomize:
+        return (yield)
+    value = node_seed(item.nodeid)
+    test = getattr(item, "obj", None)
+    if getattr(test, "is_hypothesis_test", False):
+        seed(value)(test)
+    with seeded_properties(value):
+        return (yield)
+
 
 NAMESPACES = {
     "numpy": "numpy",

@@ -185,6 +185,23 @@ def test_bad_arguments_give_usage_and_exit_2(argv, capsys):
     assert "usage: sympow" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("where", ["file", "below a file"])
+def test_bench_out_that_cannot_be_a_folder_is_a_usage_error(tmp_path, capsys, where):
+    """--out naming an existing file was a FileExistsError traceback with exit status 1 (issue 12): a
+    usage error naming --out, exit status 2, before anything is timed."""
+    existing = tmp_path / "taken"
+    existing.write_text("not a folder")
+    out = existing if where == "file" else existing / "inside"
+    with pytest.raises(SystemExit) as raised:
+        main(["bench", "--quick", "--out", str(out), "--no-progress"])
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: sympow bench" in err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("sympow bench: error: argument --out:"), err
+    assert existing.read_text() == "not a folder"
+
+
 @pytest.mark.parametrize("command", ["validate", "backends", "bench"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as raised:

@@ -53,7 +53,21 @@ def attention(
     ``sympow.testing.condition_numbers``). The returned State holds S, z and log_scale in that dtype,
     and a resumed State is converted to it.
 
-    Raises ValueError or TypeError, naming the argument, on bad input, before computing anything.
+    ``power`` is p of sympow and taylor: an int >= 1, exact in the compute dtype (<= 2^24 for 16- and
+    32-bit inputs, <= 2^53 for float64), and <= 170 for taylor (1/p! a normal float64). relu and
+    identity are of degree 1 and take no power: ``power`` must be left at its default, 2, or be 1 (their
+    degree); any other value is refused rather than ignored. ``eps`` (>= 0) is added to the denominator
+    of the normalised output only, so ``eps > 0`` with ``normalize=False`` is refused. A kernel whose
+    feature size D' (math.md 1) exceeds 2^63 - 1 is refused in every form, and a call that builds arrays
+    of D' rows (recurrent, chunked, a parallel form that returns or resumes a State) is refused where the
+    largest exceeds ``sympow.spec.checks.MAX_FEATURE_ELEMENTS`` entries (2^36; the parallel form without
+    a State builds none).
+
+    Raises ValueError or TypeError, naming the argument, on bad input, before computing anything: every
+    array argument (q, k, v, log_gate, proportions, rotary, each field of initial_state) must be a dense
+    array of the standard of q's library and device, holding values (no torch ``meta`` tensor, sparse
+    tensor, NumPy masked array or matrix, Numba device array), of dtype float16, bfloat16, float32 or
+    float64.
     """
     request = validate(
         q, k, v, kernel=kernel, power=power, scale=scale, log_gate=log_gate,

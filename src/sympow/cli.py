@@ -310,6 +310,19 @@ def cmd_backends(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 # bench
 
 
+def _output_folder(text: str, parser: argparse.ArgumentParser) -> Path:
+    """The folder --out names, made if missing, before anything is timed; a path that is a file (or where
+    no folder can be made) is a bad argument: a usage error naming --out, exit status 2."""
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        parser.error(f"argument --out: {text!r} is a file; expected a folder (or a path where one can be)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"argument --out: cannot make the folder {text!r}: {error.strerror or error}")
+    return out
+
+
 def cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from dataclasses import replace
 
@@ -330,10 +343,9 @@ def cmd_bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         targets = benchmark.targets(args.backend, args.library)
     except ValueError as error:
         parser.error(str(error))
+    out = _output_folder(args.out, parser)
     if any(library == "jax" for _, library, reason in targets if reason is None):
         _enable_jax_float64()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     total = len(targets) * len(benchmark.points(settings))
     with _progress(total, "bench", enabled=not args.no_progress) as advance:
         rows = benchmark.run(settings, args.backend, args.library, advance=advance)

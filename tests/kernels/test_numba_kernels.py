@@ -93,9 +93,9 @@ def assert_state_close(state, reference, dtype):
     S_ref, z_ref = true_state(reference)
     scale = max(np.abs(S_ref).max(), np.abs(z_ref).max(), 1e-300)
     error = max(np.abs(S - S_ref).max(), np.abs(z - z_ref).max()) / scale
-    assert error <= 10 * sympow.testing.tolerance(dtype), (
-        f"state error {error:.3e} (relative to max |S|, |z|)"
-    )
+    # the table's tolerance: the state sums T <= 16 float32 terms of the same rounded inputs as the
+    # float64 reference (measured at most 5e-7 relative to max |S|, |z|, against 1e-4)
+    assert error <= sympow.testing.tolerance(dtype), f"state error {error:.3e} (relative to max |S|, |z|)"
     if reference.mu is None:
         assert state.mu is None
     else:
@@ -273,8 +273,8 @@ def test_numpy_is_never_chosen_automatically():
     )  # fmt: skip
     chosen, _ = sympow.backends.select(request)
     assert chosen.name != "numba"
-    with pytest.raises(ValueError, match=r"use\('numba'\)|host"):
-        sympow.backends.select(request, "numba")
+    # named, it takes NumPy arrays under the simulator, as use("numba") does: one rule (issue 12)
+    assert sympow.backends.select(request, "numba")[0].name == "numba"
 
 
 _PTX_SCRIPT = """

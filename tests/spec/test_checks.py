@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 import sympow
-from sympow.testing import convert, make_inputs, to_numpy
+from sympow.testing import assert_close, convert, make_inputs, to_numpy
+from tests.brute_force import reference
+from tests.spec.test_forms import check_result_type
 
 pytestmark = pytest.mark.usefixtures("spec_backend")
 
@@ -21,10 +23,13 @@ def named(*names):
     return "|".join(rf"(?<![\w.]){re.escape(name)}(?![\w])" for name in names)
 
 
+VALID = make_inputs(batch=(2,), T=6, d=4, e=3, seed=0, gate=True, rotary=True, proportions=True)
+
+
 @pytest.fixture
 def arrays(xp):
-    inputs = make_inputs(batch=(2,), T=6, d=4, e=3, seed=0, gate=True, rotary=True, proportions=True)
-    return convert(inputs, xp, "float64")
+    """A valid call's inputs (every optional one included) in the namespace ``xp``, float64."""
+    return convert(VALID, xp, "float64")
 
 
 def call(arrays, **overrides):
@@ -39,12 +44,17 @@ def other(xp, shape, *, seed=1, dtype="float64"):
 
 
 def test_valid_call_passes(arrays):
-    call(
+    """The fixture's valid call (every optional input given) raises nothing and returns the float64
+    double loop's y, as an array of the input's namespace, dtype and shape: the checks refuse
+    nothing that is valid."""
+    y = call(
         arrays,
         log_gate=arrays["log_gate"],
         rotary=arrays["rotary"],
         proportions=arrays["proportions"],
     )
+    check_result_type(y, arrays["q"], (2, 6, 3))
+    assert_close(y, reference(VALID), VALID["v"], dtype_name="float64", normalize=True)
 
 
 @pytest.mark.parametrize(

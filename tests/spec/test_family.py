@@ -140,23 +140,43 @@ def test_proportions_double_the_state(eager_xp, form, kernel, power, D):
         arrays["q"], arrays["k"], arrays["v"], kernel=kernel, power=power, form=form, return_state=True
     )
     assert tuple(plain.S.shape) == (2, D, 3)
-    # Sum over the features of z against phi(q) = 1 for a query of zeros gives, for taylor, the degree-0
-    # half: sum_j cos(pi b_j / 2) and sum_j sin(pi b_j / 2) (relu has no constant feature).
-    z = to_numpy(state.unscaled()[1])
+    S, z = (to_numpy(x) for x in state.unscaled())
+    b = inputs["proportions"][1]
+    halves = np.stack([np.cos(np.pi / 2 * b), np.sin(np.pi / 2 * b)])  # [2, batch, T]
+    # z sums non-negative terms (w_h(b) = cos, sin(pi b / 2) >= 0 for b in [0, 1], and the features
+    # checked here are >= 0): no cancellation, so each entry holds to a few ulps (rtol 1e-12); S has
+    # signed v and is held to the table, relative to max |S|.
     if kernel == "taylor":
-        b = inputs["proportions"][1]
-        np.testing.assert_allclose(z[:, 0], np.cos(np.pi / 2 * b).sum(-1), rtol=1e-12)
-        np.testing.assert_allclose(z[:, D], np.sin(np.pi / 2 * b).sum(-1), rtol=1e-12)
+        # the degree-0 feature is phi_0 = 1: that entry of each half is sum_j w_h(b_j)
+        for h in range(2):
+            np.testing.assert_allclose(z[:, h * D], halves[h].sum(-1), rtol=1e-12)
+    else:
+        # relu: phi(k) = sigma^(1/2) relu(k) (math.md 1, sigma = d^-1/2 = 1/2), so with no gate and no
+        # rotary the halves are z_h = sum_j w_h(b_j) phi(k_j) and S_h = sum_j w_h(b_j) phi(k_j) v_j^T,
+        # in the coordinate order of k: the whole of S and z, value by value.
+        phi = 4**-0.25 * np.maximum(inputs["k"], 0.0)  # [batch, T, d]
+        for h in range(2):
+            rows = slice(h * D, (h + 1) * D)
+            np.testing.assert_allclose(z[:, rows], np.einsum("bt,btf->bf", halves[h], phi), rtol=1e-12)
+            S_h = np.einsum("bt,btf,bte->bfe", halves[h], phi, inputs["v"])
+            assert_close(S[:, rows], S_h, dtype_name="float64", normalize=False, what=f"S half {h}")
 
 
 def test_state_without_proportions_is_refused_with_them(xp):
     inputs = make_inputs(T=6, d=4, e=2, seed=1, proportions=True)
     arrays = convert(inputs, xp, "float64")
     _, state = sympow.attention(arrays["q"], arrays["k"], arrays["v"], kernel="relu", return_state=True)
-    with pytest.raises(ValueError, match=r"initial_state\.S"):
+    produced_elsewhere = r"initial_state was produced by kernel='relu' but .* with proportions"
+    with pytest.raises(ValueError, match=produced_elsewhere):
         sympow.attention(
             arrays["q"], arrays["k"], arrays["v"], kernel="relu", proportions=arrays["proportions"],
             initial_state=state,
+        )  # fmt: skip
+    bare = sympow.State(*state)  # no record: the shapes still tell
+    with pytest.raises(ValueError, match=r"initial_state\.S"):
+        sympow.attention(
+            arrays["q"], arrays["k"], arrays["v"], kernel="relu", proportions=arrays["proportions"],
+            initial_state=bare,
         )  # fmt: skip
 
 

@@ -10,9 +10,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import array_api_compat
 import numpy as np
 import pytest
@@ -30,6 +27,7 @@ from sympow.testing.strategies import (
 from tests.brute_force import reference
 from tests.conftest import import_namespace
 from tests.spec.test_state import split
+from tests.without_x64 import run_without_x64
 
 # (namespace, backend): the reference on every CPU namespace but eager JAX (too slow for property tests;
 # the jax backend executes the same spec), and the native backends.
@@ -148,14 +146,16 @@ HIGH_DEGREE_RUNS = [
 @pytest.mark.parametrize(("library", "backend", "dtype"), HIGH_DEGREE_RUNS)
 def test_high_degrees_default_to_a_float64_state_path(library, backend, dtype, form):
     """Degrees 6 to 16 with 16- and 32-bit inputs: the default state path is float64 and every form holds
-    the tolerance table (a float32 state path at p = 16 returns garbage on ordinary inputs). Normalised
-    output: unnormalised s^16 leaves the float16 range on ordinary inputs (a true overflow)."""
+    the tolerance table on every row but those where u64 c_i exceeds it (a float32 state path at p = 16
+    returns garbage on ordinary inputs). Normalised output: unnormalised s^16 leaves the float16 range on
+    ordinary inputs (a true overflow)."""
     xp = import_namespace(library)
     cases = attention_cases(
-        kernels=("sympow", "taylor"), even_power=True, normalize=True, max_p=16, max_T=24, dtypes=("float32",)
-    )
+        kernels=("sympow", "taylor"), even_power=True, normalize=True, min_p=6, max_p=16, max_T=24,
+        dtypes=("float32",),
+    )  # fmt: skip
 
-    @given_for(xp, case=cases.filter(lambda case: case.power >= 6))
+    @given_for(xp, case=cases)
     def check(case):
         compat = array_api_compat.array_namespace(case.arrays(xp)["q"])
         arrays = {
@@ -174,9 +174,12 @@ def test_high_degrees_default_to_a_float64_state_path(library, backend, dtype, f
             chunk_size=case.chunk_size, backend=backend, return_state=True, **case.options,
         )  # fmt: skip
         assert str(state.S.dtype).rsplit(".", 1)[-1] == "float64"
-        assert_close(
-            y, reference(rounded, **case.options), rounded["v"], dtype_name=dtype, normalize=True,
-            what=f"{backend} {form} {case}",
+        # u64 c_i stays below tau unless a query is nearly orthogonal to its keys: at p = 16 in d = 4,
+        # c_i reaches 1e16 on such a row (math.md 9), where the float64 state path holds only its own
+        # term; so the contract's per-row tolerance with u = u64 (the parallel form: the table alone)
+        case.assert_matches(
+            y, reference(rounded, **case.options), state_path=form != "parallel", dtype=dtype,
+            state_dtype="float64", inputs=rounded, what=f"{backend} {form} {case}",
         )  # fmt: skip
 
     check()
@@ -210,9 +213,4 @@ def test_jax_without_x64_follows_the_condition_term():
     """JAX's default (no x64) has no float64: the state path is float32 at every degree, its error
     follows the condition term, and state_dtype='float64' is refused. In its own process: the test
     session enables x64 for every other JAX test."""
-    pytest.importorskip("jax")
-    result = subprocess.run(
-        [sys.executable, "-c", JAX_WITHOUT_X64], capture_output=True, text=True, timeout=300,
-        env={"JAX_ENABLE_X64": "0", "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+    run_without_x64(JAX_WITHOUT_X64)

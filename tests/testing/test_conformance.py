@@ -10,7 +10,10 @@ import functools
 import itertools
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -92,7 +95,9 @@ def naive_attention(
     mistake=None,
 ):
     """The recurrence of math.md section 5, token by token, in NumPy long double: phi(q).phi(k) sums terms
-    of both signs far larger than (q.k)^p, which float64 features lose for p = 4 (about 1e-8)."""
+    of both signs far larger than (q.k)^p, which float64 features lose for p = 4 (about 1e-8). The
+    output is returned in the inputs' dtype, as ``check`` requires."""
+    dtype = np.asarray(q).dtype
     q, k, v = (np.asarray(x, dtype=np.longdouble) for x in (q, k, v))
     T, d, e = q.shape[-2], q.shape[-1], v.shape[-1]
     sigma = d**-0.5 if scale is None else scale
@@ -155,7 +160,7 @@ def naive_attention(
         y[..., t, :] = numerator
         if mistake == "shifted mask":
             S, z = S + update, z + fk[..., t, :]
-    y, S, z = (np.asarray(x, dtype=np.float64) for x in (y, S, z))
+    y, S, z = np.asarray(y, dtype=dtype), np.asarray(S, dtype=np.float64), np.asarray(z, dtype=np.float64)
     if not return_state:
         return y
     return y, sympow.State(S=S, z=z, mu=mu, log_scale=np.zeros(batch))
@@ -346,6 +351,57 @@ def test_an_exception_is_a_failure_of_that_case():
     assert "RuntimeError: not implemented" in report.failures[0].detail
 
 
+def _returning(transform):
+    """sympow.attention with ``transform`` applied to its output y (and to no state)."""
+
+    def fn(*args, **kwargs):
+        out = sympow.attention(*args, **kwargs)
+        return (transform(out[0]), out[1]) if isinstance(out, tuple) else transform(out)
+
+    return fn
+
+
+# what a wrong implementation returns -> the words the detail must hold (issue 12, item 8)
+WRONG_KINDS = {
+    "numpy for torch": (lambda y: y.numpy(), "output library numpy, expected torch"),
+    "float64 for float32": (lambda y: y.double(), "output dtype torch.float64, expected torch.float32"),
+    "an extra axis": (lambda y: y[None], "output shape"),
+    "the meta device": (lambda y: y.to("meta"), "output device meta, expected cpu"),
+}
+
+
+@pytest.mark.parametrize("wrong", list(WRONG_KINDS))
+def test_checker_refuses_outputs_of_the_wrong_kind(wrong):
+    """Right numbers in the wrong library, dtype, shape or device fail every output check, naming it."""
+    torch = pytest.importorskip("torch")
+    del torch
+    transform, words = WRONG_KINDS[wrong]
+    cases = ["sympow-p2-norm-gate-prop-rope_half"]
+    report = check(_returning(transform), cases=cases, dtype="float32", xp="torch", raise_on_failure=False)
+    failing = {result.check for result in report.failures}
+    assert failing == {"output", "resume", "from-state"}, report.summary()
+    assert all(words in result.detail for result in report.failures), report.summary()
+    assert check(sympow.attention, cases=cases, dtype="float32", xp="torch").passed
+
+
+def test_checker_refuses_a_state_of_another_library():
+    torch = pytest.importorskip("torch")
+
+    def numpy_state(*args, **kwargs):
+        out = sympow.attention(*args, **kwargs)
+        if not isinstance(out, tuple):
+            return out
+        y, state = out
+        return y, state._replace(S=state.S.numpy())
+
+    report = check(numpy_state, cases=["sympow-p2-norm-gate-prop-rope_half"], dtype="float32", xp=torch,
+                   raise_on_failure=False)  # fmt: skip
+    failures = {result.check: result.detail for result in report.failures}
+    assert set(failures) == {"state", "resume"}, report.summary()
+    assert "state S library numpy, expected torch" in failures["state"]
+    assert "initial_state.S" in failures["resume"]  # the resumed call refuses the mixed State
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="checks"):
         check(naive_attention, checks=("bogus",))
@@ -388,6 +444,59 @@ def test_checker_passes_the_project_backends(backend, library, form):
         return
     check(fn, dtype="float64", xp=library)
     check(fn, cases=load_cases(exclude_tags=["long"]), dtype="float32", xp=library)
+
+
+# The whole suite on JAX runs in a process of its own, in which only JAX and sympow are loaded: in the
+# shared test process, after Numba's llvmlite and torch have been loaded by other tests, XLA's compiler
+# crashed (a segmentation fault in backend_compile_and_load) in one full run of three, taking the worker
+# with it. Alone, it passed every run.
+WHOLE_SUITE_ON_JAX = """
+import functools, sys
+import jax
+jax.config.update("jax_enable_x64", True)
+import sympow
+from sympow.testing import check, load_cases
+
+backend = sys.argv[1]
+
+
+@functools.cache
+def compiled(options):
+    def run(q, k, v, log_gate, proportions, rotary, initial_state):
+        return sympow.attention(q, k, v, log_gate=log_gate, proportions=proportions, rotary=rotary,
+                                initial_state=initial_state, backend="reference", **dict(options))
+    return jax.jit(run)
+
+
+def reference_under_jit(q, k, v, *, log_gate=None, proportions=None, rotary=None, initial_state=None,
+                        **options):
+    return compiled(tuple(sorted(options.items())))(q, k, v, log_gate, proportions, rotary, initial_state)
+
+
+fn = functools.partial(sympow.attention, backend="jax") if backend == "jax" else reference_under_jit
+report = check(fn, dtype="float64", xp="jax")
+expected = sum(4 if case.split is not None else 2 for case in load_cases())
+assert len(report.results) == expected, (len(report.results), expected)
+print(report.summary())
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "reference"])
+def test_the_whole_suite_on_jax(backend):
+    """Every shipped case and every check on JAX, float64, form "auto": the jax backend as called (its
+    forward is jitted) and the reference (the spec executed by Python loops) under jax.jit, one compile
+    per option set and shape (eager JAX compiles every primitive anew, minutes a case). The run that
+    failed on the broadcast-state case before the jax backend executed the spec (issue 12, item 1);
+    about three minutes of compiling each on 2 cores."""
+    pytest.importorskip("jax.numpy")
+    result = subprocess.run(
+        [sys.executable, "-c", WHOLE_SUITE_ON_JAX, backend], capture_output=True, text=True, timeout=1500,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), (
+        result.stdout[-3000:] + result.stderr[-3000:]
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ register(
         differentiable=False,
         description=(
             "Numba CUDA kernels, recurrent and chunked (PyTorch CUDA, CuPy; numpy only under "
-            "NUMBA_ENABLE_CUDASIM=1 inside use('numba'))"
+            "NUMBA_ENABLE_CUDASIM=1, when named: never chosen automatically)"
         ),
     )
 )
@@ -76,13 +76,13 @@ register(
     Backend(
         name="cupy",
         module="sympow.backends.cupy_kernels",
-        libraries=("cupy", "torch", "numba"),
+        libraries=("cupy", "torch"),
         requires=("cupy",),
         priority=6,
         differentiable=False,
         description=(
             "CUDA C kernels through cupy.RawModule, recurrent and chunked, sympow p = 1, 2, 4 "
-            "(CuPy, PyTorch CUDA by DLPack, Numba device arrays)"
+            "(CuPy, PyTorch CUDA by DLPack)"
         ),
     )
 )

@@ -1,7 +1,8 @@
 """The "cupy" backend: hand-written CUDA C kernels (src/sympow/kernels/*.cu) loaded by cupy.RawModule.
 
-Takes CuPy arrays, PyTorch CUDA tensors (through DLPack, no copy; the result comes back as a torch
-tensor) and Numba device arrays (through the CUDA array interface). Coverage: kernel ``sympow`` with
+Takes CuPy arrays and PyTorch CUDA tensors (through DLPack, no copy; the result comes back as a torch
+tensor); Numba device arrays are no arrays of the array API standard and are refused by validation
+(wrap them with ``cupy.asarray``). Coverage: kernel ``sympow`` with
 p = 1, 2, 4 and ``identity``; log-gates; rotary (angles accumulated on the host side in float64 by the
 specification, the kernels take cos and sin); normalised or not, any eps; initial and final state; float32,
 float16 and bfloat16 inputs with float32 accumulation; d, e <= 128. Forms: ``recurrent`` (decode and
@@ -19,7 +20,7 @@ from ..kernels import cuda_sources
 from ..kernels.cupy_launch import check_shapes
 from ..spec import Request, State
 
-LIBRARIES = ("cupy", "torch", "numba")
+LIBRARIES = ("cupy", "torch")
 
 
 def unavailable() -> str | None:
@@ -122,7 +123,7 @@ def run(request: Request, form: str) -> tuple[Any, State | None]:
         return y, None
     D = ops.D
     back = launch.from_cupy
-    final = State(
+    final = request.state_class(
         S=back(S.reshape(*batch, D, request.e), library, "float32"),
         z=back(z.reshape(*batch, D), library, "float32"),
         mu=None if mu_end is None else back(cupy.ascontiguousarray(mu_end), library, "float64"),

@@ -5,9 +5,11 @@ normalised or not, eps, initial and final state; float32, float16 and bfloat16 i
 float32, the state kept in float32); head dimensions d, e <= 128; no proportions. Arrays: PyTorch CUDA
 tensors and CuPy arrays (viewed by Numba without a copy; the result is of the inputs' library). Under the
 Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1), and only there, NumPy arrays are taken, so that the
-kernels' logic is tested on a machine without a GPU; they are taken only when the backend is named through
-``sympow.backends.use("numba")`` or SYMPOW_BACKEND=numba, never by automatic choice (which would send every
-NumPy call of a process with the simulator on to this slow path).
+kernels' logic is tested on a machine without a GPU; they are taken only when the backend is named (the
+``backend="numba"`` argument, ``sympow.backends.use("numba")`` or SYMPOW_BACKEND=numba: ``supports`` is one
+rule for the three), never by automatic choice (``automatic``: it would send every NumPy call of a process
+with the simulator on to this slow path). Numba's own device arrays are refused by the input checks
+(``spec.checks``): they have no array API namespace; CuPy and PyTorch view them without a copy.
 
 Form "auto" runs the recurrent kernel for a few tokens (the decode path) and the chunked ones beyond; an
 explicit form "parallel" is refused, so automatic choice routes it elsewhere.
@@ -18,7 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 from ..spec import Request, State
-from . import registry
 
 POWERS = (2, 4)
 MAX_HEAD_DIM = 128
@@ -53,11 +54,6 @@ def _library_refusal(request: Request) -> str | None:
     if library == "numpy":
         if not simulated:
             return "numpy arrays live on the host; it takes CUDA arrays (numpy only in the Numba simulator)"
-        if registry.requested_name(None) != "numba":
-            return (
-                "under the Numba CUDA simulator it takes numpy arrays only inside "
-                "sympow.backends.use('numba') or with SYMPOW_BACKEND=numba"
-            )
         return None
     if library not in ("torch", "cupy"):
         return f"it takes PyTorch CUDA tensors and CuPy arrays, not {library} arrays"
@@ -93,6 +89,17 @@ def supports(request: Request) -> str | None:
         return (
             f"the numba kernels keep a float32 state; this call's state path is {request.state_dtype} "
             "(state_dtype='float64', or the default above degree 4: math.md 9)"
+        )
+    return None
+
+
+def automatic(request: Request) -> str | None:
+    """Why automatic choice passes over a request that ``supports`` accepts: NumPy arrays, which only the
+    simulator takes, run here only when the backend is named."""
+    if request.library == "numpy":
+        return (
+            "under the Numba CUDA simulator it takes numpy arrays only when named (backend='numba', "
+            "sympow.backends.use('numba') or SYMPOW_BACKEND=numba)"
         )
     return None
 

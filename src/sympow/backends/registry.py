@@ -6,6 +6,11 @@ packages it needs, and never imported until an array of one of its libraries arr
 opt_einsum find their backends). Choice, strongest first: the ``backend=`` argument, ``use(name)``, the
 environment variable SYMPOW_BACKEND, then automatic: the highest-priority backend that takes the arrays'
 library and supports the request, with the reference last.
+
+A named backend (by any of the three) runs a request exactly when ``supports`` accepts it: one rule,
+whichever way it was named. A module may also define ``automatic(request) -> str | None``, why it should
+not be picked when no backend is named although it supports the request (the "numba" backend under the
+CUDA simulator: NumPy arrays would all go to that slow path); automatic choice alone consults it.
 """
 
 from __future__ import annotations
@@ -141,15 +146,22 @@ def select(request: Any, argument: Any = None) -> tuple[Backend, ModuleType]:
             raise ValueError(f"backend {name!r} cannot run this call: {reason}; these can: {working}")
         return backend, backend.load()
     for backend in registered():
-        if _refusal(backend, request, library) is None:
+        if _refusal(backend, request, library) is None and _declined(backend, request) is None:
             return backend, backend.load()
     raise ValueError(f"no registered backend takes {library} arrays")  # the reference takes all
 
 
 def _refusal(backend: Backend, request: Any, library: str) -> str | None:
+    """Why ``backend`` cannot run ``request`` (its library, availability, ``supports``), or None."""
     if not backend.takes(library):
         return f"it takes {list(backend.libraries)} arrays, not {library}"
     reason = backend.unavailable()
     if reason is not None:
         return reason
     return backend.load().supports(request)
+
+
+def _declined(backend: Backend, request: Any) -> str | None:
+    """Why a backend that supports ``request`` is still not chosen automatically (its ``automatic``)."""
+    automatic = getattr(backend.load(), "automatic", None)
+    return None if automatic is None else automatic(request)

@@ -213,7 +213,7 @@ def run(request: Request, form: str) -> tuple[Any, State | None]:
     if not request.return_state:
         return out, None
     sz, D = inputs["sz"], request.feature_size
-    state = State(
+    state = request.state_class(
         S=xp.reshape(sz[..., :e], (*batch, D, e)),
         z=xp.reshape(sz[..., e], (*batch, D)),
         mu=inputs["mu_end"],

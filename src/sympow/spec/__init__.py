@@ -13,6 +13,7 @@ from .executor import REFERENCE, Executor
 from .forms import FORMS as FORM_FUNCTIONS
 from .forms import choose_form
 from .kernel import KERNELS, Kernel, make_kernel
+from .poison import poisoned
 from .prepare import prepare
 from .state import State
 
@@ -34,4 +35,4 @@ def run(request: Request, form: str, executor: Executor = REFERENCE) -> tuple[An
     """(y in the input dtype, final state or None) of ``request`` computed in ``form`` by ``executor``."""
     prepared = prepare(request, executor)
     y, state = FORM_FUNCTIONS[form](prepared, request.return_state)
-    return request.xp.astype(y, request.dtype), state
+    return poisoned(request, request.xp.astype(y, request.dtype), state)

@@ -2,6 +2,22 @@
 
 ``validate`` turns the arguments of ``sympow.attention`` into a ``Request``, or raises ``ValueError`` /
 ``TypeError`` with a message that names the argument, what was expected and what was received.
+
+Every array argument (q, k, v, log_gate, proportions, rotary and each field of initial_state) passes
+``_check_array``: an array of the array API standard of q's library and device, dense, with values
+(not a torch ``meta`` tensor), of a computed dtype (float16, bfloat16, float32, float64), of enough
+axes. Options are checked by type and range. Since D' = H C(d+p-1, p) grows without bound in p, limits
+bound what a kernel may ask for (``_check_power``, ``_check_feature_size``, ``_check_feature_budget``),
+each a ValueError naming ``power``:
+
+- ``power`` of sympow and taylor is an exact integer of the compute dtype (at most 2^24 for float32,
+  2^53 for float64: it multiplies log-magnitudes there, and beyond it an odd power would be rounded to
+  an even one); taylor's is at most ``kernel.MAX_TAYLOR_POWER`` = 170 (1/p! a normal float64).
+- D' is the length of the State's first axis, so it is at most ``MAX_FEATURE_SIZE`` = 2^63 - 1 in every
+  form; and a call that builds arrays of D' rows (the recurrent and chunked forms, "auto" where it picks
+  chunked, and the parallel form when it returns or resumes a State) is refused when the largest of them
+  would exceed ``MAX_FEATURE_ELEMENTS`` entries (see its comment). The parallel form without a State
+  builds none, and takes any D'.
 """
 
 from __future__ import annotations
@@ -13,14 +29,24 @@ from typing import Any
 from array_api_compat import array_namespace, device
 
 from .concrete import is_concrete
-from .kernel import KERNELS, Kernel, make_kernel
+from .kernel import KERNELS, MAX_TAYLOR_POWER, Kernel, make_kernel
 from .rotary import LAYOUTS, has_float64
-from .state import State
+from .state import Producer, State, state_type
 
 FORMS = ("parallel", "recurrent", "chunked", "auto")
 STATE_DTYPES = (None, "float32", "float64")
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")  # np.longdouble (float128) is refused
 ACCUMULATION_MAX_DEGREE = 4  # math.md 9: above this degree the default state path is float64
+DEFAULT_POWER = 2  # the default of ``attention(power=...)``; relu and identity take only it (or 1)
+MAX_EXACT_POWER = {"float32": 2**24, "float64": 2**53}  # integers exact in the compute dtype
+MAX_FEATURE_SIZE = 2**63 - 1  # D' is an array axis (the State's first): an int64 length
+# The budget of a call's largest array of D' rows, in entries: the state [*batch, D', e + 1], the
+# features of every token [*batch, T, D'] (recurrent; parallel with a State), of one chunk
+# [*batch, D', C] (chunked). 2^36 entries are 256 GiB of float32, above the memory of any one device
+# today; requests beyond it are refused by name before anything is allocated (a power of 10^6, say),
+# those below it get the allocator's own MemoryError where the machine has less. A module constant,
+# read at each call: set ``sympow.spec.checks.MAX_FEATURE_ELEMENTS`` to change it.
+MAX_FEATURE_ELEMENTS = 2**36
 
 
 @dataclass(frozen=True)
@@ -48,6 +74,8 @@ class Request:
     d: int
     e: int
     state_dtype: str
+    state_class: type[State] = State  # the State subclass that records this call's producer
+    values_checked: bool = True  # False where the values could not be read (``poison``)
 
     @property
     def dtype(self) -> Any:
@@ -145,29 +173,161 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
-def _check_array(name: str, x: Any, xp: Any, dev: Any, min_ndim: int) -> None:
+def _namespace(name: str, x: Any) -> Any:
+    """The array API namespace of ``x``; TypeError naming ``name`` for anything else.
+
+    Refused here: Numba CUDA device arrays (``numba.cuda.to_device``; the simulator's stand-in forwards
+    to a NumPy array and would pass for one, then fail on its shape), which have no array API namespace,
+    so that no backend's code can run on them; and objects that are not arrays of the standard."""
+    if type(x).__module__.split(".")[0] == "numba":
+        raise TypeError(
+            f"{name} is a Numba CUDA device array ({type(x).__name__}), which has no array API namespace; "
+            "expected an array of the standard: view it without a copy as a CuPy array (cupy.asarray) or "
+            "a PyTorch tensor (torch.as_tensor(x, device='cuda')), or under the simulator pass the NumPy "
+            "array (x.copy_to_host())"
+        )
     try:
-        its_xp = array_namespace(x)
+        return array_namespace(x)
     except TypeError:
         raise TypeError(
             f"{name} must be an array of the array API standard, got {type(x).__name__}"
         ) from None
+
+
+def _dtype_hint(dtype: Any) -> str:
+    """Why a floating dtype outside FLOAT_DTYPES is refused, and what to cast to."""
+    name = str(dtype).rsplit(".", 1)[-1]
+    if name.startswith("float8"):
+        return " (8-bit floats are not computed: cast to float16, bfloat16 or float32)"
+    if name in ("longdouble", "float96", "float128"):
+        return " (extended precision is not computed: cast to float64)"
+    return ""
+
+
+_NUMPY_SUBCLASSES = {  # ndarray subclasses that would be computed wrongly: why, and the way out
+    "MaskedArray": "its mask would be ignored: pass x.filled(value)",
+    "matrix": "it is always 2-D and its * is a matrix product: pass np.asarray(x)",
+}
+
+
+def _check_array(name: str, x: Any, xp: Any, dev: Any, min_ndim: int) -> None:
+    """Refuse ``x`` unless it is a dense array of q's library (``xp``) and device (``dev``), holding
+    values, of a computed floating dtype (FLOAT_DTYPES) and with at least ``min_ndim`` axes.
+
+    Beyond type, library, dtype, device and rank, these would pass for arrays and fail later with
+    errors that name no argument: a NumPy masked array or matrix (the mask would be ignored; ``*`` of
+    matrices is a matrix product), a sparse torch tensor (most operations, the finiteness check first,
+    are not implemented for it), a tensor on torch's ``meta`` device (shapes without values: nothing
+    can be read or computed), 8-bit and extended-precision floats (not computed)."""
+    its_xp = _namespace(name, x)
     if _library(its_xp) != _library(xp):
         raise TypeError(
             f"{name} is a {_library(its_xp)} array but q is a {_library(xp)} array; expected arrays of "
             "one library"
         )
+    subclass = _NUMPY_SUBCLASSES.get(type(x).__name__) if _library(xp) == "numpy" else None
+    if subclass is not None:
+        raise TypeError(f"{name} is a numpy.{type(x).__name__} ({subclass}); expected a plain numpy.ndarray")
+    layout = getattr(x, "layout", None)
+    if _library(xp) == "torch" and str(layout) != "torch.strided":
+        raise TypeError(
+            f"{name} is a sparse tensor (layout {layout}); expected a dense (strided) array (x.to_dense())"
+        )
+    if _library(xp) == "torch" and x.is_meta:
+        raise ValueError(
+            f"{name} is on the meta device, which holds no values; expected a tensor on a device with "
+            "data (cpu or cuda)"
+        )
     if not xp.isdtype(x.dtype, "real floating"):
         raise TypeError(f"{name} must have a real floating dtype, got {x.dtype}")
     if str(x.dtype).rsplit(".", 1)[-1] not in FLOAT_DTYPES:
         raise TypeError(
-            f"{name} must have one of the dtypes {FLOAT_DTYPES}, got {x.dtype} (extended precision is not "
-            "computed: cast to float64)"
+            f"{name} must have one of the dtypes {FLOAT_DTYPES}, got {x.dtype}{_dtype_hint(x.dtype)}"
         )
     if device(x) != dev and None not in (device(x), dev):  # a traced JAX array has no device
         raise ValueError(f"{name} is on device {device(x)} but q is on {dev}; expected one device")
     if x.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} axes, got shape {_shape(x)}")
+
+
+def _check_power(kernel: str, power: Any, dtype: str) -> None:
+    """``power``: p of sympow and taylor, an int in [1, MAX_EXACT_POWER[dtype]] (the compute dtype's
+    exact integers), and at most MAX_TAYLOR_POWER for taylor; relu and identity are of degree 1 and take
+    no power, so only the default (2) or their degree (1) is accepted there, any other value (3, "2",
+    None) being a mistake to report, not to ignore."""
+    if kernel in ("relu", "identity"):
+        if isinstance(power, bool) or not isinstance(power, int):
+            raise TypeError(
+                f"power must be left at its default ({DEFAULT_POWER}) for kernel {kernel!r}, which takes no "
+                f"power; got {power!r} of type {type(power).__name__}"
+            )
+        if power not in (DEFAULT_POWER, 1):
+            raise ValueError(
+                f"power must be left at its default ({DEFAULT_POWER}) or be 1 for kernel {kernel!r}, which "
+                f"is of degree 1 and takes no power; got power={power}"
+            )
+        return
+    _check_int("power", power, 1)
+    limit = MAX_TAYLOR_POWER if kernel == "taylor" else MAX_EXACT_POWER[dtype]
+    if power > limit:
+        why = (
+            "its coefficient 1/p! must be a normal float64"
+            if kernel == "taylor"
+            else f"p multiplies log-magnitudes in {dtype}, where integers above {limit} are not exact"
+        )
+        raise ValueError(f"power must be at most {limit} for kernel {kernel!r} ({why}), got power={power}")
+
+
+def _log_comb(n: int, k: int) -> float:
+    """log C(n, k) from lgamma: cheap for any size."""
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def _check_feature_size(kernel: Kernel, d: int, halves: int) -> tuple[int, str]:
+    """D' = H D, and the kernel described for messages; ValueError naming ``power`` when D' exceeds
+    MAX_FEATURE_SIZE (the State's first axis could not exist). D is estimated in logarithms first, so
+    that an astronomical one (power 10^6 at d = 16: D ~ 10^78) costs nothing, and computed exactly
+    (``Kernel.feature_size``) only where it may fit."""
+    p = max(kernel.degrees)
+    log_size = math.log(halves) + (
+        _log_comb(d + p, p) if kernel.name == "taylor" else _log_comb(d + p - 1, p)
+    )
+    size = None if log_size > math.log(MAX_FEATURE_SIZE) + 1 else halves * kernel.feature_size(d)
+    described = f"D' = {size}" if size is not None else f"D' ~ 10^{log_size / math.log(10):.0f}"
+    what = f"power={p} gives kernel {kernel.name!r} on d = {d} a feature size {described}" + (
+        " (2 halves: proportions)" if halves == 2 else ""
+    )
+    if size is None or size > MAX_FEATURE_SIZE:
+        raise ValueError(
+            f"{what}, above {MAX_FEATURE_SIZE} (2^63 - 1), the longest array axis: no State of this kernel "
+            "can exist; expected a lower power or a smaller d"
+        )
+    return size, what
+
+
+def _check_feature_budget(
+    size: int, what: str, d: int, e: int, T: int, batch: tuple[int, ...], form: str, chunk_size: int,
+    builds_state: bool,
+) -> None:  # fmt: skip
+    """ValueError naming ``power`` (through ``what``) when the largest array of D' = ``size`` rows the
+    call builds exceeds MAX_FEATURE_ELEMENTS entries: the state [*batch, D', e + 1] and the features of
+    T tokens (recurrent; parallel returning or resuming a State: ``builds_state``) or of one chunk
+    (chunked); "auto" as ``forms.choose_form`` resolves it. A parallel call without a State builds none."""
+    if form == "auto":
+        from .forms import choose_form  # here: forms imports this module
+
+        form = choose_form(T, d, e, size, chunk_size)
+    rows = {"recurrent": T, "chunked": min(chunk_size, T)}.get(form, T if builds_state else None)
+    if rows is None:
+        return
+    elements = math.prod(batch) * size * max(rows, e + 1)
+    if elements > MAX_FEATURE_ELEMENTS:
+        raise ValueError(
+            f"{what}; form {form!r} would build an array of {elements} entries (the state "
+            f"[*batch, D', e + 1] or the features of {rows} tokens), above the budget MAX_FEATURE_ELEMENTS "
+            f"= {MAX_FEATURE_ELEMENTS} (sympow.spec.checks); expected a lower power, a smaller d or batch, "
+            "or form='parallel' without initial_state and return_state"
+        )
 
 
 def _any(condition: Any, xp: Any) -> bool:
@@ -203,10 +363,7 @@ def validate(
     state_dtype: str | None = None,
 ) -> Request:
     """Check every argument of ``attention`` (api.md) and return the ``Request``; see the module doc."""
-    try:
-        xp = array_namespace(q)
-    except TypeError:
-        raise TypeError(f"q must be an array of the array API standard, got {type(q).__name__}") from None
+    xp = _namespace("q", q)
     dev = device(q)
     for name, x in (("q", q), ("k", k), ("v", v)):
         _check_array(name, x, xp, dev, 2)
@@ -222,9 +379,9 @@ def validate(
         raise ValueError(f"q, k, v need T, d, e >= 1, got T = {T}, d = {d}, e = {e}")
 
     kernel = _check_choice("kernel", kernel, KERNELS)
-    if kernel in ("sympow", "taylor"):
-        _check_int("power", power, 1)
+    _check_power(kernel, power, "float64" if q.dtype == xp.float64 else "float32")
     the_kernel = make_kernel(kernel, power)
+    feature_size, described = _check_feature_size(the_kernel, d, 1 if proportions is None else 2)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool, got {normalize!r}")
     if normalize and not the_kernel.nonnegative:
@@ -235,6 +392,11 @@ def validate(
         )
     scale = d**-0.5 if scale is None else _check_number("scale", scale, positive=True)
     eps = _check_number("eps", eps, positive=False)
+    if eps > 0 and not normalize:
+        raise ValueError(
+            f"eps applies to the normalised output only (y = N / (Z + eps)); got eps={eps!r} with "
+            "normalize=False: leave eps at 0"
+        )
     form = _check_choice("form", form, FORMS)
     rotary_layout = _check_choice("rotary_layout", rotary_layout, LAYOUTS)
     chunk_size = _check_int("chunk_size", chunk_size, 1)
@@ -267,6 +429,10 @@ def validate(
     if initial_state is not None:
         _check_state(initial_state, xp, dev, the_kernel, d, e, 1 if proportions is None else 2, leading)
     batch_shape = broadcast_shapes(leading)
+    _check_feature_budget(
+        feature_size, described, d, e, T, batch_shape, form, chunk_size,
+        return_state or initial_state is not None,
+    )  # fmt: skip
 
     # Value checks last: they read the data (one pass each), after every cheap check has passed.
     for name, x in (("q", q), ("k", k), ("v", v)):
@@ -284,12 +450,16 @@ def validate(
         _check_finite("rotary", rotary, xp)
     if initial_state is not None:
         _check_state_values(initial_state, xp)
+    arrays = (q, k, v, log_gate, rotary, *(proportions or ()), *(initial_state or ()))
+    values_checked = all(is_concrete(x) for x in arrays if x is not None)
 
     return Request(
         xp=xp, q=q, k=k, v=v, kernel=the_kernel, scale=scale, log_gate=log_gate,
         proportions=proportions, rotary=rotary, rotary_layout=rotary_layout, normalize=normalize,
         eps=eps, form=form, chunk_size=chunk_size, initial_state=initial_state,
         return_state=return_state, batch_shape=batch_shape, T=T, d=d, e=e, state_dtype=state_dtype,
+        values_checked=values_checked,
+        state_class=state_type(Producer(the_kernel, 1 if proportions is None else 2)),
     )  # fmt: skip
 
 
@@ -331,6 +501,12 @@ def _check_state(
 ) -> None:
     if not isinstance(state, State):
         raise TypeError(f"initial_state must be a sympow.State, got {type(state).__name__}")
+    expected = Producer(kernel, halves)
+    if state.producer is not None and state.producer != expected:
+        raise ValueError(
+            f"initial_state was produced by {state.producer} but this call computes {expected}; a state "
+            "resumes only the kernel, power and weighting that made it"
+        )
     size = halves * kernel.feature_size(d)
     fields = {"S": (size, e), "z": (size,), "log_scale": ()}
     if state.mu is not None:

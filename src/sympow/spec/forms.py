@@ -67,12 +67,15 @@ def _rows(x: Any, r0: int, r1: int) -> Any:
 
 
 def _final_state(p: Prepared, g: Any, k_features: Any, k_lam: Any) -> State:
-    """The initial state decayed by every gate, plus the whole sequence as one chunk."""
+    """The initial state decayed by every gate, plus the whole sequence as one chunk (the chunk alone,
+    with no empty state made and scanned, when nothing is resumed: the scan would return it unchanged)."""
     xp = p.xp
     g = p.for_state(g)
     states, scales = chunk_states(
         k_features, k_lam, suffix_sums(g, xp), p.for_state(p.v), p.for_state(p.key_weight), xp
     )
+    if not p.resumed:
+        return unpack_state(states, scales, p)
     total = xp.sum(g, axis=-1)
     _, _, final, final_scale = scan_states(
         states[..., None, :, :], scales[..., None], total[..., None], p.initial, p.initial_scale, xp

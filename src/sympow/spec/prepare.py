@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from array_api_compat import device
+
 from .checks import Request
 from .executor import REFERENCE, Executor, Scan
 from .features import log_norm
@@ -32,9 +34,13 @@ class Prepared:
     yq, yk [B, T, d]: sigma^{1/2} R(mu_t) x_t (rectified for relu), with their directions q_dir, k_dir
     (u [B, T, d], log norm [B, T]: ``features.log_norm``, computed once for every step); v [B, T, e]; g [B, T]
     log-gates or None; a, b [B, T] proportions or None, with query_weight and key_weight [B, T, H] their
-    (cos, sin)(pi a / 2) and (cos, sin)(pi b / 2); initial SZ [B, D, H*(e+1)] and its log scale M [B]
-    (zero and -inf unless ``resumed``);
-    mu_end [B, d/2] (mod 2 pi) or None. The state path works in ``state_dtype``.
+    (cos, sin)(pi a / 2) and (cos, sin)(pi b / 2); the initial state ``initial`` SZ [B, D, H*(e+1)] and
+    its log scale ``initial_scale`` M [B] (zero and -inf unless ``resumed``); mu_end [B, d/2] (mod 2 pi)
+    or None. The state path works in ``state_dtype``.
+
+    A resumed state is packed once (``packed``); an empty one is not held at all: ``initial`` makes its
+    zeros when a form asks for them (the recurrent and chunked forms start from it; the parallel form
+    reads only a resumed one), so that a parallel call allocates no state it does not return.
     """
 
     xp: Any
@@ -49,7 +55,7 @@ class Prepared:
     b: Any
     query_weight: Any
     key_weight: Any
-    initial: Any
+    packed: Any  # the resumed state SZ [B, D, H*(e+1)], or None for an empty one (see ``initial``)
     initial_scale: Any
     resumed: bool
     mu_end: Any
@@ -58,6 +64,7 @@ class Prepared:
     chunk_size: int
     state_dtype: Any
     scan: Scan
+    state_class: type[State] = State
 
     @property
     def T(self) -> int:
@@ -70,6 +77,16 @@ class Prepared:
     @property
     def halves(self) -> int:
         return 1 if self.key_weight is None else self.key_weight.shape[-1]
+
+    @property
+    def initial(self) -> Any:
+        """SZ [B, D, H*(e+1)] of the initial state: the resumed one, or zeros made now (a fresh array at
+        each access; a form reads it once)."""
+        if self.packed is not None:
+            return self.packed
+        xp, halves = self.xp, self.halves
+        shape = (*self.yq.shape[:-2], self.kernel.feature_size(self.yq.shape[-1]), halves * (self.e + 1))
+        return xp.zeros(shape, dtype=self.state_dtype, device=device(self.yq))
 
     def back(self, partial: tuple[Any, ...]) -> tuple[Any, ...]:
         """A partial result (num, den, m) of the state path, in the compute dtype of the scores."""
@@ -121,15 +138,15 @@ def prepare(request: Request, executor: Executor = REFERENCE) -> Prepared:
         a, b = (cast(x, (T,)) for x in request.proportions)
         query_weight, key_weight = (_half_weights(x, xp) for x in (a, b))
     state_dtype = getattr(xp, request.state_dtype)
-    initial, initial_scale = pack_state(state, request, state_dtype)
+    packed, initial_scale = pack_state(state, request, state_dtype)
     yq, yk = q * root_scale, k * root_scale
     return Prepared(
         xp=xp, kernel=request.kernel, yq=yq, yk=yk, q_dir=log_norm(yq, xp), k_dir=log_norm(yk, xp), v=v,
         g=g, a=a, b=b,
-        query_weight=query_weight, key_weight=key_weight, initial=initial,
+        query_weight=query_weight, key_weight=key_weight, packed=packed,
         initial_scale=initial_scale, resumed=state is not None, mu_end=mu_end,
         normalize=request.normalize, eps=request.eps, chunk_size=request.chunk_size,
-        state_dtype=state_dtype, scan=executor.scan(xp),
+        state_dtype=state_dtype, scan=executor.scan(xp), state_class=request.state_class,
     )  # fmt: skip
 
 
@@ -140,13 +157,13 @@ def _half_weights(x: Any, xp: Any) -> Any:
 
 
 def pack_state(state: State | None, request: Request, work: Any) -> tuple[Any, Any]:
-    """State (S [.., H*D, e], z [.., H*D]) -> SZ [B, D, H*(e+1)] and log scale [B] (-inf when empty)."""
+    """State (S [.., H*D, e], z [.., H*D]) -> SZ [B, D, H*(e+1)] and log scale [B]; for no State, None
+    (an empty SZ is made only where a form uses it: ``Prepared.initial``) and -inf."""
     xp, batch = request.xp, request.batch_shape
     halves, e = request.halves, request.e
     size = request.feature_size // halves
     if state is None:
-        zeros = xp.zeros((*batch, size, halves * (e + 1)), dtype=work, device=request.device)
-        return zeros, xp.full(batch, -math.inf, dtype=work, device=request.device)
+        return None, xp.full(batch, -math.inf, dtype=work, device=request.device)
     S = xp.broadcast_to(xp.astype(state.S, work), (*batch, halves * size, e))
     z = xp.broadcast_to(xp.astype(state.z, work), (*batch, halves * size))
     sz = xp.concat([S, z[..., None]], axis=-1)
@@ -163,4 +180,4 @@ def unpack_state(packed: Any, scale: Any, prepared: Prepared) -> State:
     sz = xp.reshape(packed, (*batch, size, halves, e + 1))
     sz = xp.permute_dims(sz, (*range(len(batch)), len(batch) + 1, len(batch), len(batch) + 2))
     sz = xp.reshape(sz, (*batch, halves * size, e + 1))
-    return State(S=sz[..., :e], z=sz[..., e], mu=prepared.mu_end, log_scale=scale)
+    return prepared.state_class(S=sz[..., :e], z=sz[..., e], mu=prepared.mu_end, log_scale=scale)

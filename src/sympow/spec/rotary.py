@@ -3,7 +3,8 @@
 mu_t = mu_0 + sum_{l<=t} w_l is accumulated in float64 where the namespace has it. Where it does not (JAX
 without x64), the sum is a log-depth prefix scan of double-float pairs (hi, lo): every addition is
 error-free (TwoSum) and every partial sum is reduced modulo 2 pi, so the phase stays exact to about 1e-7
-radians however long the sequence. The rotation of the pair (x, y) by mu is
+radians however long the sequence, for increments of up to 2^24 * 2 pi ~ 1.05e8 radians a token
+(``_reduce``). The rotation of the pair (x, y) by mu is
 (x cos mu - y sin mu, x sin mu + y cos mu), pairing (x_m, x_{m+d/2}) ("half") or (x_{2m}, x_{2m+1})
 ("interleaved").
 """
@@ -57,8 +58,14 @@ def _two_sum(a: Any, b: Any) -> tuple[Any, Any]:
     return s, (a - (s - b_virtual)) + (b - b_virtual)
 
 
-# 2 pi = C1 + C2 + C3 with C1 and C2 of 12 significant bits: n * C1 and n * C2 are exact in float32 for
-# |n| < 2^12 (increments up to about 25000 radians), so reducing an increment loses nothing (Cody-Waite).
+# Cody-Waite reduction of one float32 increment w: 2 pi = C1 + C2 + C3 + C4, C1..C3 of 12 significant bits,
+# and n = round(w / 2 pi) = n_hi + n_lo with n_hi a multiple of 2^12 of at most 12 significant bits and
+# |n_lo| <= 2^11 (exact for |n| < 2^24). Each of n_hi C_m and n_lo C_m (m <= 3) has at most 24 bits, so it is
+# exact in float32, and w - n (C1 + C2 + C3) is accumulated without error into a pair (hi, lo); only n C4,
+# of size below 2^24 * 2 pi * 2^-36 ~ 2e-3 radians, is rounded (to about 1e-10). So the reduction is exact
+# to about 1e-10 radians for increments below 2^24 * 2 pi ~ 1.05e8 radians per token; beyond (where
+# consecutive float32 numbers lie 8 or more radians apart) its error grows as |w| 2^-48.
+_SPLIT = 4096.0  # 2^12
 
 
 def _leading_bits(x: float, bits: int) -> float:
@@ -68,15 +75,22 @@ def _leading_bits(x: float, bits: int) -> float:
 
 _C1 = _leading_bits(TWO_PI, 12)
 _C2 = _leading_bits(TWO_PI - _C1, 12)
-_C3 = TWO_PI - _C1 - _C2
+_C3 = _leading_bits(TWO_PI - _C1 - _C2, 12)
+_C4 = TWO_PI - _C1 - _C2 - _C3
 
 
 def _reduce(x: Any, xp: Any) -> tuple[Any, Any]:
-    """(hi, lo) float32 with hi + lo = x - 2 pi n to about 1e-14, n = round(x / 2 pi)."""
-    turns = xp.round(x / _C1)
-    hi = x - turns * _C1  # exact
-    hi, lo = _two_sum(hi, -turns * _C2)
-    return hi, lo - turns * _C3
+    """(hi, lo) float32 with hi + lo = x - 2 pi n to about 1e-10 radians, n = round(x / 2 pi), for |x| <
+    2^24 * 2 pi (comment above)."""
+    turns = xp.round(x / TWO_PI)
+    high = xp.round(turns / _SPLIT) * _SPLIT
+    low = turns - high
+    hi, lo = x, xp.zeros_like(x)
+    for constant in (_C1, _C2, _C3):
+        for part in (high, low):
+            hi, error = _two_sum(hi, -(part * constant))  # the product is exact
+            lo = lo + error
+    return hi, lo - turns * _C4
 
 
 def _compensated_angles(increments: Any, mu0: Any, xp: Any) -> tuple[Any, Any]:
@@ -95,7 +109,7 @@ def _compensated_angles(increments: Any, mu0: Any, xp: Any) -> tuple[Any, Any]:
         lo = lo + lo_prev + err
         turns = xp.round(s / _C1)  # in {-1, 0, 1}: both operands were reduced
         s = s - turns * _C1  # exact
-        lo = lo - turns * (_C2 + _C3)
+        lo = lo - turns * (_C2 + _C3 + _C4)
         hi = s + lo
         lo = lo - (hi - s)
         shift *= 2

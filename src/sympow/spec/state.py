@@ -16,11 +16,35 @@ Dtype: S, z and log_scale are held in the call's state dtype (``state_dtype``, m
 inputs' accumulation dtype up to degree 4 (float32 for 16- and 32-bit inputs), float64 above where the
 namespace has it; the same on every backend (the GPU kernels take float32 only). A resumed State of any
 dtype, form or backend is cast to the call's state dtype on entry.
+
+Provenance: a State made by ``attention`` records its ``producer``, the feature map (kernel, its degrees
+and coefficients) and the number of halves H, in its class: ``state_type(producer)`` is a subclass of
+``State`` with that class attribute, so that the record survives JAX's and torch's pytree flattening (a
+NamedTuple is rebuilt as ``type(state)(*leaves)``) while the leaves stay arrays that jit and vmap accept.
+A call refuses a resumed State whose producer differs from its own (``checks``), even where the sizes
+agree; a State built by hand (``State(S, z, mu, log_scale)``) has ``producer = None`` and is checked by
+its shapes only.
 """
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+from .kernel import Kernel
+
+
+@dataclass(frozen=True)
+class Producer:
+    """What a State's sums mean: the sums of phi(k~) v^T for this feature map and number of halves H."""
+
+    kernel: Kernel
+    halves: int
+
+    def __str__(self) -> str:
+        weighting = ", with proportions (H = 2)" if self.halves == 2 else ""
+        return f"{self.kernel.description}{weighting}"
 
 
 class State(NamedTuple):
@@ -36,6 +60,11 @@ class State(NamedTuple):
     mu: Any
     log_scale: Any
 
+    producer = None  # a class attribute (not a field): see ``state_type``
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _restore, (self.producer, tuple(self))
+
     def unscaled(self) -> tuple[Any, Any]:
         """The true sums (S, z) = exp(log_scale) * (S_stored, z_stored); may overflow in float32."""
         from array_api_compat import array_namespace
@@ -43,3 +72,16 @@ class State(NamedTuple):
         xp = array_namespace(self.S)
         factor = xp.exp(self.log_scale)
         return self.S * factor[..., None, None], self.z * factor[..., None]
+
+
+@functools.cache
+def state_type(producer: Producer | None) -> type[State]:
+    """The State class that records ``producer`` (``State`` itself for None); one class per producer."""
+    if producer is None:
+        return State
+    return type("State", (State,), {"__slots__": (), "producer": producer, "__module__": __name__})
+
+
+def _restore(producer: Producer | None, fields: tuple[Any, ...]) -> State:
+    """Unpickle a State with its producer."""
+    return state_type(producer)(*fields)

@@ -21,6 +21,7 @@ from typing import Any
 
 from array_api_compat import device
 
+from .features import safe_log
 from .kernel import Kernel
 
 
@@ -44,50 +45,42 @@ def attend(
     (``features.log_norm``: unit vectors and log norms). kappa_ij = sum_n c_n s_ij^n with s = yq yk^T,
     times exp(log_weight) (gates, -inf where masked) and proportion_weight [..., R, K] (or None). The
     scores are taken from the directions, s_ij = exp(Lq_i + Lk_j) cos_ij with |cos_ij| <= 1, so no score
-    is ever formed and none overflows (norms of 1e20 in float32 are fine). Each term is
-    cos_ij^n exp(x_nij - m_i) with x_nij = log c_n + n (Lq_i + Lk_j) + log_weight_ij and
-    m_i = max_{n, j} x_nij, an upper bound of the row's log-magnitude that is factored out of the row
-    (cos^n carries the sign of odd powers).
+    is ever formed and none overflows (norms of 1e20 in float32 are fine). Each term is formed in log
+    space, sign(cos_ij)^n exp(t_nij - m_i) with
+
+        t_nij = log c_n + n (Lq_i + Lk_j) + log_weight_ij + n log|cos_ij| + log proportion_weight_ij,
+
+    and m_i = max_{n, j} t_nij, the row's largest term, is factored out of the row: the largest term is
+    exactly 1 and no term overflows, and none of the terms that matter underflows however far the row's
+    norms bound its actual terms (a relu query whose support misses that of the heaviest keys, say, or a
+    query nearly orthogonal to them under log-gates of -50 a token).
     """
     (uq, lq), (uk, lk) = query, key
     cos = uq @ xp.matrix_transpose(uk)
-    terms = []  # (n, exponent without the row's n Lq_i, n Lq_i)
+    log_cos = safe_log(xp.abs(cos), xp)  # -inf where cos = 0: the term is 0
+    if proportion_weight is not None:
+        log_weight = log_weight + safe_log(proportion_weight, xp)
+    exponents = []  # (n, t_nij)
     for n, log_c in zip(kernel.degrees, kernel.log_coefficients, strict=True):
         if n == 0:
-            terms.append((n, log_weight + log_c, None))
+            exponents.append((n, log_weight + log_c))
         else:
             key = n * lk + log_c if log_c else n * lk
-            terms.append((n, log_weight + key[..., None, :], n * lq))
-    maxima = []
-    for _, exponent, row in terms:
+            exponents.append((n, log_weight + key[..., None, :] + n * (lq[..., :, None] + log_cos)))
+    m = None
+    for _, exponent in exponents:
         top = xp.max(exponent, axis=-1)
-        maxima.append(top if row is None else top + row)
-    m = maxima[0]
-    for top in maxima[1:]:
-        m = xp.maximum(m, top)
-    reference = finite_or_zero(m, xp)
+        m = top if m is None else xp.maximum(m, top)
+    reference = finite_or_zero(m, xp)[..., None]
     weights = None
-    for n, exponent, row in terms:
-        shift = reference if row is None else reference - row  # +inf where q = 0: the term is 0
-        term = xp.exp(exponent - shift[..., None])
-        if n > 0:
-            term = term * _power(cos, n)
+    negative = None
+    for n, exponent in exponents:
+        term = xp.exp(exponent - reference)
+        if n % 2:
+            negative = cos < 0 if negative is None else negative
+            term = xp.where(negative, -term, term)
         weights = term if weights is None else weights + term
-    if proportion_weight is not None:
-        weights = weights * proportion_weight
     return weights @ v, xp.sum(weights, axis=-1), m
-
-
-def _power(x: Any, n: int) -> Any:
-    """x^n by repeated squaring (n >= 1)."""
-    result, square = None, x
-    while n:
-        if n & 1:
-            result = square if result is None else result * square
-        n >>= 1
-        if n:
-            square = square * square
-    return result
 
 
 def chunk_states(

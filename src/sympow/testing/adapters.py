@@ -116,7 +116,7 @@ def _state_to(state: Any, batch: tuple[int, ...], grid: tuple[int, int], layout:
         tail = tuple(x.shape[x.ndim - trailing :])
         return xp.reshape(xp.broadcast_to(x, (*batch, *tail)), (*target, *tail))
 
-    return State(S=one(state.S, 2), z=one(state.z, 1), mu=one(state.mu, 1), log_scale=one(state.log_scale, 0))
+    return type(state)(one(state.S, 2), one(state.z, 1), one(state.mu, 1), one(state.log_scale, 0))
 
 
 def _state_from(state: Any, batch: tuple[int, ...], xp: Any) -> Any:
@@ -128,4 +128,4 @@ def _state_from(state: Any, batch: tuple[int, ...], xp: Any) -> Any:
             return None
         return xp.reshape(x, (*batch, *x.shape[x.ndim - trailing :]))
 
-    return State(S=one(state.S, 2), z=one(state.z, 1), mu=one(state.mu, 1), log_scale=one(state.log_scale, 0))
+    return type(state)(one(state.S, 2), one(state.z, 1), one(state.mu, 1), one(state.log_scale, 0))

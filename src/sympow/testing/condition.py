@@ -6,7 +6,11 @@ state dtype with unit round-off u errs by up to about u sum_f |phi_f(q~_i)| |phi
 <= u kbar(sigma |q~_i| |k~_j|), with kbar the kernel with every term in absolute value:
 
     sympow p:  kbar(x) = x^p            taylor p:  kbar(x) = sum_{n<=p} x^n / n!
-    identity:  kbar(x) = x              relu:      kbar = kappa on the rectified inputs (nothing cancels)
+    identity:  kbar(x) = x              relu:      kbar(x) = x on the rectified inputs
+
+For relu nothing cancels, but the state path holds its sums relative to a scale set by the norms, so a row
+whose actual terms lie far below sigma |q~+| |k~+| (a query whose support misses that of the heavily
+weighted keys) loses them to the dtype's range: the bound x, not kappa, is what its error is relative to.
 
 The condition number of output row i is the error bound relative to the scale of the output:
 
@@ -350,9 +354,8 @@ def _log_weights(p: _Problem, r0: int, r1: int) -> np.ndarray:
 
 
 def _log_kbar(kernel: Kernel, log_x: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """log kbar: of x = sigma |q~| |k~| (log_x) for the polynomial kernels, of kappa = s for relu."""
-    if kernel.rectify:
-        return np.log(np.maximum(s, 0.0))
+    """log kbar of x = sigma |q~| |k~| (log_x; rectified inputs for relu, whose kbar is x)."""
+    del s  # kbar depends on the norms only
     terms = [
         np.zeros_like(log_x) if n == 0 else n * log_x + math.log(c)
         for n, c in zip(kernel.degrees, kernel.coefficients, strict=True)

@@ -14,6 +14,9 @@ each case's inputs, converted to namespace ``xp`` and dtype ``dtype``, and measu
 Errors are those of the tolerance table (``sympow.testing.tolerances``): max |y - y_ref| over max |v|
 for normalised output and over max |y_ref| otherwise; for a state, max |S - S_ref| / max |S_ref| and
 the same for z, and max |mu - mu_ref| modulo 2 pi in radians. Each must not exceed ``tolerance(dtype)``.
+Before any number is compared, each output must be an array of the inputs' library, dtype, device and the
+expected shape, and each state field one of their library and device (``kind_mismatch``); a mismatch
+fails the check and its detail says which.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from array_api_compat import array_namespace, device
 
 from ..spec.state import State
 from .condition import condition_numbers
@@ -185,6 +189,33 @@ def case_state(case: Case, which: str, xp: Any, dtype: str) -> State:
     return State(S=converted["S"], z=converted["z"], mu=converted["mu"], log_scale=converted["log_scale"])
 
 
+def _library(x: Any) -> str:
+    """The array library of ``x`` ("numpy", "torch", "jax", "array_api_strict", ...), or its type's name
+    when it is no array of the standard."""
+    try:
+        name = array_namespace(x).__name__
+    except TypeError:
+        return f"not an array ({type(x).__name__})"
+    return name.removeprefix("array_api_compat.").split(".")[0]
+
+
+def kind_mismatch(got: Any, like: Any, shape: tuple[int, ...], what: str, *, dtype: bool = True) -> str:
+    """The empty string when ``got`` is an array of the library, device (and, with ``dtype``, dtype) of
+    ``like`` with ``shape``; else what differs, e.g. "output library numpy, expected torch". An
+    implementation that hands back NumPy arrays for torch inputs, or float64 for float32 inputs, is wrong
+    even where the numbers agree."""
+    library, expected_library = _library(got), _library(like)
+    if library != expected_library:
+        return f"{what} library {library}, expected {expected_library} like the inputs"
+    if dtype and got.dtype != like.dtype:
+        return f"{what} dtype {got.dtype}, expected {like.dtype} like the inputs"
+    if tuple(got.shape) != tuple(shape):
+        return f"{what} shape {tuple(got.shape)}, expected {tuple(shape)}"
+    if device(got) != device(like):
+        return f"{what} device {device(got)}, expected {device(like)} like the inputs"
+    return ""
+
+
 def _call(fn: Callable[..., Any], case: Case, arrays: dict[str, Any], **extra: Any) -> Any:
     return fn(
         arrays["q"],
@@ -249,10 +280,17 @@ def output_error(
     )
 
 
-def state_error(state: Any, case: Case, which: str = "final") -> tuple[float, str]:
-    """(error, detail): the largest of the relative errors of the true S and z and the angle error of mu."""
+def state_error(state: Any, case: Case, which: str = "final", like: Any = None) -> tuple[float, str]:
+    """(error, detail): the largest of the relative errors of the true S and z and the angle error of mu.
+    With ``like`` (an input array), each field must also be an array of its library and device."""
     S_ref, z_ref, mu_ref = case.state(which)
     try:
+        if like is not None:
+            for field in ("S", "z", "mu", "log_scale"):
+                x = getattr(state, field)
+                wrong = "" if x is None else kind_mismatch(x, like, x.shape, f"state {field}", dtype=False)
+                if wrong:
+                    return math.inf, wrong
         S, z = (to_numpy(x) for x in (state.S, state.z))
         log_scale = to_numpy(state.log_scale)
         mu = None if state.mu is None else to_numpy(state.mu)
@@ -314,6 +352,11 @@ def _check_case(
             y, case, rows, dtype=dtype, condition=c[..., rows] if c is condition else c, state_dtype=path
         )
 
+    def wrong_kind(y: Any, start: int, stop: int | None) -> tuple[float, str] | None:
+        shape = case.y[..., start:stop, :].shape
+        detail = kind_mismatch(y, arrays["q"], shape, "output")
+        return (math.inf, detail) if detail else None
+
     def record(name: str, measure: Callable[[], tuple[float, str]]) -> None:
         try:
             error, detail = measure()
@@ -328,11 +371,12 @@ def _check_case(
         def run_full() -> tuple[float, str]:
             out = _call(fn, case, arrays, return_state=True) if wants_state else _call(fn, case, arrays)
             y, full["state"] = out if wants_state else (out, None)
-            return output_error_of(y)
+            return wrong_kind(y, 0, None) or output_error_of(y)
 
         record("output", run_full)
         if wants_state:
-            record("state", lambda: state_error(full["state"], case) if "state" in full else _missing())
+            record("state", lambda: state_error(full["state"], case, like=arrays["q"]) if "state" in full
+                   else _missing())  # fmt: skip
     if case.split is None:
         return results
     split = case.split
@@ -345,9 +389,12 @@ def _check_case(
                 y2, final = _call(fn, case, tokens(arrays, split, None), return_state=True, **extra)
             else:
                 y2, final = _call(fn, case, tokens(arrays, split, None), **extra), None
+            wrong = wrong_kind(y1, 0, split) or wrong_kind(y2, split, None)
+            if wrong:
+                return wrong
             error, detail = output_error_of(_concat(y1, y2))
             if final is not None:
-                s_error, s_detail = state_error(final, case)
+                s_error, s_detail = state_error(final, case, like=arrays["q"])
                 if s_error > error:
                     error, detail = s_error, f"final state after resuming: {s_detail}"
             return error, detail
@@ -358,6 +405,9 @@ def _check_case(
         def run_from_state() -> tuple[float, str]:
             state = case_state(case, "split", xp, dtype)
             y = _call(fn, case, tokens(arrays, split, None), initial_state=state)
+            wrong = wrong_kind(y, split, None)
+            if wrong:
+                return wrong
             c = case_condition(case, case_state(case, "split", np, "float64"), slice(split, None))
             return output_error_of(y, slice(split, None), c)
 

@@ -1,21 +1,29 @@
 """Hypothesis strategies for sympow (public: ports of the library reuse them).
 
-Shapes follow the test plan: T in 1..200, d in 2..16 (even where rotary is used), e in 1..8, p in
+Shapes follow the test plan: T in 1..200, d in 2..64 (even where rotary is used), e in 1..8, p in
 1..6, chunk_size in 1..T+3, and 0..2 leading batch axes of size 1..3. Arrays are never drawn element
 by element: a case draws a seed and builds its inputs with ``make_inputs`` (bounded normal and
 uniform values), which keeps example generation fast and the failing example reproducible from the
 seed that Hypothesis prints.
+
+The draws are weighted toward what users run (``KERNEL_WEIGHTS``, ``POWER_WEIGHTS`` and the weights of
+the flags): sympow with p = 2 or 4, normalised, with gates and rotary, d spread up to 64 and T spread
+over its range rather than piled at the small end. Every value of every range stays reachable.
+``benchmarks/draw_distribution.py`` prints the resulting shares; tests/testing/test_strategies.py holds
+them to their floors.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
 from .inputs import convert, make_inputs
@@ -27,6 +35,41 @@ DTYPES = ("float64", "float32")
 
 MAX_SEED = 2**32 - 1
 
+# Relative weights of the draws. The first entry of each is what Hypothesis shrinks toward (the API's
+# defaults: sympow, p = 2, normalised; features off).
+KERNEL_WEIGHTS: dict[str, int] = {"sympow": 15, "taylor": 2, "relu": 2, "identity": 1}
+POWER_WEIGHTS: dict[int, int] = {2: 6, 4: 5}  # every other power weighs 1
+NORMALIZE_WEIGHTS: dict[bool, int] = {True: 6, False: 1}  # where the kernel allows normalised output
+FEATURE_WEIGHTS: dict[str, dict[bool, int]] = {
+    "gate": {False: 1, True: 2},
+    "rotary": {False: 1, True: 2},
+    "proportions": {False: 1, True: 1},
+}
+# T in three bands, short (<= 8), middle (9..max(max_T/2, 16)) and long, weighted 1:4:3; d in three bands,
+# middle (5..16), small (<= 4) and large (17..max_d), weighted 2:1:2. The first band is the one
+# Hypothesis shrinks toward, and the one its generator falls back to most often: T = 1 (an edge
+# case worth the extra draws), but d = 5 rather than d = 2 (too special a case to hold a quarter of
+# the draws).
+SHORT_T, T_BAND_WEIGHTS = 8, (1, 4, 3)
+SMALL_D, MIDDLE_D, D_BAND_WEIGHTS = 4, 16, (2, 1, 2)
+
+Choice = TypeVar("Choice")
+
+
+def weighted(weights: Mapping[Choice, int]) -> st.SearchStrategy[Choice]:
+    """One of the keys of ``weights``, each drawn with probability proportional to its (integer)
+    weight; Hypothesis shrinks toward the first key."""
+    choices = [key for key, weight in weights.items() for _ in range(weight)]
+    if not choices:
+        raise ValueError("weighted() needs at least one positive weight")
+    return st.sampled_from(choices)
+
+
+def _bands(bounds: Sequence[tuple[int, int]], band_weights: Sequence[int]) -> st.SearchStrategy[int]:
+    """An integer from one of the non-empty bands (lo, hi), the band drawn by its weight."""
+    live = [(band, w) for band, w in zip(bounds, band_weights, strict=True) if band[0] <= band[1]]
+    return weighted({band: w for band, w in live}).flatmap(lambda band: st.integers(*band))
+
 
 def batch_shapes(*, max_axes: int = 2, max_size: int = 3) -> st.SearchStrategy[tuple[int, ...]]:
     """Leading batch axes: 0..max_axes axes, each of size 1..max_size."""
@@ -34,26 +77,46 @@ def batch_shapes(*, max_axes: int = 2, max_size: int = 3) -> st.SearchStrategy[t
 
 
 def seq_lengths(*, min_T: int = 1, max_T: int = 200) -> st.SearchStrategy[int]:
-    return st.integers(min_T, max_T)
+    """T in min_T..max_T, from the bands ..8, 9..max(max_T/2, 16) and the rest, weighted
+    ``T_BAND_WEIGHTS`` (empty bands dropped)."""
+    if min_T > max_T:
+        raise ValueError(f"min_T = {min_T} exceeds max_T = {max_T}")
+    middle = max(max_T // 2, 2 * SHORT_T)
+    bounds = (
+        (min_T, min(SHORT_T, max_T)),
+        (max(min_T, SHORT_T + 1), min(middle, max_T)),
+        (max(min_T, middle + 1), max_T),
+    )
+    return _bands(bounds, T_BAND_WEIGHTS)
 
 
 def head_dims(*, min_d: int = 2, max_d: int = 16, even: bool = False) -> st.SearchStrategy[int]:
-    if even:
-        return st.integers((min_d + 1) // 2, max_d // 2).map(lambda h: 2 * h)
-    return st.integers(min_d, max_d)
+    """d in min_d..max_d (even only, when ``even``), from the bands 5..16, ..4 and 17.., weighted
+    ``D_BAND_WEIGHTS``."""
+    step = 2 if even else 1
+    lo, hi = (min_d + step - 1) // step, max_d // step  # d = step * n, n in lo..hi
+    if lo > hi:
+        raise ValueError(f"no {'even ' if even else ''}d in {min_d}..{max_d}")
+    bounds = (
+        (max(lo, SMALL_D // step + 1), min(hi, MIDDLE_D // step)),
+        (lo, min(hi, SMALL_D // step)),
+        (max(lo, MIDDLE_D // step + 1), hi),
+    )
+    return _bands(bounds, D_BAND_WEIGHTS).map(lambda n: step * n)
 
 
 def value_dims(*, max_e: int = 8) -> st.SearchStrategy[int]:
     return st.integers(1, max_e)
 
 
-def powers(*, max_p: int = 6, even: bool | None = None) -> st.SearchStrategy[int]:
-    """p in 1..max_p; only even (or only odd) ones when ``even`` is True (False)."""
-    if even is None:
-        return st.integers(1, max_p)
-    if even:
-        return st.integers(1, max_p // 2).map(lambda n: 2 * n)
-    return st.integers(0, (max_p - 1) // 2).map(lambda n: 2 * n + 1)
+def powers(*, max_p: int = 6, even: bool | None = None, min_p: int = 1) -> st.SearchStrategy[int]:
+    """p in min_p..max_p, weighted by ``POWER_WEIGHTS`` (2 and 4 most often); only even (or only odd)
+    ones when ``even`` is True (False)."""
+    allowed = [p for p in range(min_p, max_p + 1) if even is None or (p % 2 == 0) == even]
+    if not allowed:
+        raise ValueError(f"no {'' if even is None else 'even ' if even else 'odd '}p in {min_p}..{max_p}")
+    ordered = sorted(allowed, key=lambda p: (-POWER_WEIGHTS.get(p, 1), p))
+    return weighted({p: POWER_WEIGHTS.get(p, 1) for p in ordered})
 
 
 def chunk_sizes(T: int) -> st.SearchStrategy[int]:
@@ -102,6 +165,13 @@ class AttentionCase:
     def id(self) -> str:
         return case_id(self.batch, self.T, self.d)
 
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """Hypothesis's pretty printer, which would list every field with the arrays (tens of kB at
+        d = 64): the fields but the arrays, and which optional inputs exist. The arrays follow from
+        ``seed``, the shapes and those (``make_inputs``)."""
+        optional = [key for key in ("log_gate", "rotary", "proportions") if key in self.inputs]
+        printer.text(f"{self!r} with inputs q, k, v{''.join(', ' + key for key in optional)}")
+
     @property
     def options(self) -> dict[str, Any]:
         """The keyword options of ``sympow.attention`` other than arrays and form."""
@@ -149,6 +219,44 @@ class AttentionCase:
 
         return self.call(condition_numbers, numpy, dtype="float64", **overrides)
 
+    def assert_matches(
+        self,
+        y: Any,
+        y_ref: Any,
+        *,
+        state_path: bool = True,
+        dtype: str | None = None,
+        state_dtype: str | None = None,
+        inputs: dict[str, Any] | None = None,
+        what: str = "",
+        **overrides: Any,
+    ) -> None:
+        """Raise AssertionError unless y (computed on this case, or on ``inputs`` with ``overrides`` of
+        the options) lies within the contract's tolerance of the float64 y_ref (math.md 9), row by row:
+        tol_i = max(tau, gamma u_state c_i / (1 - u_state c_i)) (``tolerances.row_tolerances``), tau
+        the table's for ``dtype`` (default: the case's), u_state the unit round-off of the state dtype
+        (``state_dtype``, default the contract's for that dtype and the kernel's degree) and c_i the
+        row's condition number over every key up to i (``condition``), a bound for any form and any
+        split into resumed calls. So every row with gamma u_state c_i <= tau, every row of a
+        well-conditioned problem, is held to the table; only rows whose state path cannot do better
+        get more. ``state_path=False`` (the parallel form of one call: no state path) holds every
+        row to tau alone."""
+        from .tolerances import assert_close, assert_close_rows, contract_state_dtype
+
+        source = self.inputs if inputs is None else inputs
+        dtype_name = self.dtype if dtype is None else dtype
+        normalize = overrides.get("normalize", self.normalize)
+        if not state_path:
+            assert_close(y, y_ref, source["v"], dtype_name=dtype_name, normalize=normalize, what=what)
+            return
+        kernel, power = overrides.get("kernel", self.kernel), overrides.get("power", self.power)
+        degree = power if kernel in ("sympow", "taylor") else 1
+        state = contract_state_dtype(dtype_name, highest_degree=degree, state_dtype=state_dtype)
+        assert_close_rows(
+            y, y_ref, source["v"], dtype_name=dtype_name, normalize=normalize,
+            condition=self.condition(inputs=source, **overrides), state_dtype_name=state, what=what,
+        )  # fmt: skip
+
 
 def case_id(batch: Sequence[int], T: int, d: int) -> str:
     """Readable id: B{batch}-T{T}-D{d}, batch as 2x3 (or 0 for none)."""
@@ -156,8 +264,11 @@ def case_id(batch: Sequence[int], T: int, d: int) -> str:
     return f"B{b}-T{T}-D{d}"
 
 
-def _flag(draw: Any, value: bool | None) -> bool:
-    return draw(st.booleans()) if value is None else value
+def _flag(draw: Any, value: bool | None, weights: Mapping[bool, int] | None = None) -> bool:
+    """``value``, or when it is None a draw: even odds, or by ``weights``."""
+    if value is not None:
+        return value
+    return draw(st.booleans() if weights is None else weighted(weights))
 
 
 @st.composite
@@ -169,11 +280,12 @@ def attention_cases(
     min_T: int = 1,
     max_T: int = 200,
     min_d: int = 2,
-    max_d: int = 16,
+    max_d: int = 64,
     max_e: int = 8,
+    min_p: int = 1,
     max_p: int = 6,
     max_batch_axes: int = 2,
-    max_features: int = 2048,
+    max_features: int = 2080,
     normalize: bool | None = None,
     gate: bool | None = None,
     rotary: bool | None = None,
@@ -186,24 +298,29 @@ def attention_cases(
 ) -> AttentionCase:
     """A seeded attention problem.
 
-    Flags left as None are drawn. ``normalize=True`` restricts the kernel and power to those that
-    allow it (even sympow powers, relu); ``normalize=None`` draws it where allowed. ``scale`` and
+    Flags left as None are drawn (gates and rotary two times in three, by ``FEATURE_WEIGHTS``).
+    The kernel is drawn from ``kernels`` by ``KERNEL_WEIGHTS``, p in min_p..max_p by ``POWER_WEIGHTS``,
+    T and d from their bands (``seq_lengths``, ``head_dims``).
+    ``normalize=True`` restricts the kernel and power to those that allow it (even sympow powers,
+    relu); ``normalize=None`` draws it where allowed, by ``NORMALIZE_WEIGHTS``. ``scale`` and
     ``eps`` say whether an explicit scale in [0.1, 1.5] and a positive eps (normalised only)
     are used.
     ``max_features`` caps the kernel's feature size by shrinking d, so that feature forms stay fast
-    (every d and p remain reachable, just not all together).
+    (every d and p remain reachable, just not all together: the default 2080 is sympow p = 2 at
+    d = 64, and holds p = 4 to d <= 13).
     """
-    kernel = draw(st.sampled_from(list(kernels)))
+    order = sorted(kernels, key=lambda name: -KERNEL_WEIGHTS.get(name, 1))
+    kernel = draw(weighted({name: KERNEL_WEIGHTS.get(name, 1) for name in order}))
     if normalize is True and kernel in ("taylor", "identity"):
         kernel = "sympow"
     if kernel in ("sympow", "taylor"):
         want_even = even_power
         if normalize is True and kernel == "sympow":
             want_even = True
-        power = draw(powers(max_p=max_p, even=want_even))
+        power = draw(powers(min_p=min_p, max_p=max_p, even=want_even))
     else:
         power = 1
-    use_rotary = _flag(draw, rotary)
+    use_rotary = _flag(draw, rotary, FEATURE_WEIGHTS["rotary"])
     T = draw(seq_lengths(min_T=min_T, max_T=max_T))
     d = draw(head_dims(min_d=min_d, max_d=max_d, even=use_rotary))
     step = 2 if use_rotary else 1
@@ -213,7 +330,7 @@ def attention_cases(
     batch = draw(batch_shapes(max_axes=max_batch_axes))
     norm = normalize if normalize is not None else False
     if normalize is None and normalizable(kernel, power):
-        norm = draw(st.booleans())
+        norm = draw(weighted(NORMALIZE_WEIGHTS))
     scale_value = draw(st.floats(0.1, 1.5)) if _flag(draw, scale) else None
     eps_value = 0.0
     if norm and _flag(draw, eps):
@@ -228,10 +345,10 @@ def attention_cases(
         d=d,
         e=e,
         seed=seed,
-        gate=_flag(draw, gate),
+        gate=_flag(draw, gate, FEATURE_WEIGHTS["gate"]),
         gate_min=gate_min,
         rotary=use_rotary,
-        proportions=_flag(draw, proportions),
+        proportions=_flag(draw, proportions, FEATURE_WEIGHTS["proportions"]),
         q_scale=q_scale,
         dtype=dtype,
     )
@@ -372,9 +489,26 @@ def namespace_settings(xp: Any) -> settings:
     return settings(max_examples=max(3, settings.default.max_examples // divisor))
 
 
+_PROPERTY_SEED: ContextVar[int | None] = ContextVar("sympow_property_seed", default=None)
+
+
+@contextmanager
+def seeded_properties(value: int | None) -> Iterator[None]:
+    """Inside the block, every property built by ``given_for`` draws from ``hypothesis.seed(value)``
+    (None: Hypothesis's own choice). A derandomised run draws the same cases for one property
+    source wherever it runs; a test suite that runs one ``given_for`` property under several
+    parametrisations uses this, with a seed per parametrisation (tests/conftest.py: the CRC-32 of the
+    pytest node id), so that each draws its own cases, still the same ones on every run."""
+    token = _PROPERTY_SEED.set(value)
+    try:
+        yield
+    finally:
+        _PROPERTY_SEED.reset(token)
+
+
 def given_for(xp: Any, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
     """``@given(...)`` with ``namespace_settings(xp)``, for a property checked inside a test that
-    receives the namespace as a fixture:
+    receives the namespace as a fixture, seeded as ``seeded_properties`` says:
 
         def test_something(xp):
             @given_for(xp, case=attention_cases())
@@ -383,6 +517,8 @@ def given_for(xp: Any, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any
     """
 
     def decorate(fn: Callable[..., Any]) -> Any:
-        return namespace_settings(xp)(given(*args, **kwargs)(fn))
+        test = namespace_settings(xp)(given(*args, **kwargs)(fn))
+        value = _PROPERTY_SEED.get()
+        return test if value is None else seed(value)(test)
 
     return decorate

@@ -12,6 +12,7 @@ of the rows of v, hence the scale max |v| (math.md: "float32 to about 1e-4 relat
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -74,6 +75,18 @@ def relative_error(y: Any, y_ref: Any, v: Any = None, *, normalize: bool) -> flo
         return 0.0
     rows = relative_errors_by_row(np.atleast_1d(y), np.atleast_1d(y_ref), v, normalize=normalize)
     return float(np.max(rows))
+
+
+def angle_error(mu: Any, mu_ref: Any) -> float:
+    """max |mu - mu_ref| modulo 2 pi, in radians: each difference wrapped into [-pi, pi] before its
+    magnitude is taken, so angles that differ by whole turns agree (a state may keep mu wrapped,
+    math.md 7) while a sign flip or a lost or doubled increment does not; inf on a shape or
+    finiteness mismatch. Comparing cos(mu) alone would accept mu_ref = -mu."""
+    a, b = to_numpy(mu), to_numpy(mu_ref)
+    if a.shape != b.shape or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("inf")
+    wrapped = np.remainder(a - b + math.pi, 2 * math.pi) - math.pi
+    return float(np.max(np.abs(wrapped), initial=0.0))
 
 
 def _error_scale(y_ref: np.ndarray, v: Any, normalize: bool) -> float:
@@ -189,8 +202,9 @@ def row_tolerances(
         raise ValueError("condition numbers must be >= 0 (or inf), got a negative or NaN entry")
     state = accumulation_dtype(dtype_name) if state_dtype_name is None else state_dtype_name
     factor = state_path_gamma() if gamma is None else float(gamma)
-    uc = unit_roundoff(state) * c
-    term = np.where(uc < 1, factor * uc / np.maximum(1 - uc, 1e-300), np.inf)
+    uc = np.asarray(unit_roundoff(state) * c, dtype=np.float64)
+    # only where u c_i < 1 (elsewhere inf): 1 - u c_i of a huge finite c_i would overflow the quotient
+    term = np.divide(factor * uc, 1 - uc, out=np.full(uc.shape, np.inf), where=uc < 1)
     return np.maximum(tolerance(dtype_name), term)
 
 
@@ -272,7 +286,7 @@ def assert_close_rows(
     err = relative_errors_by_row(y_np, y_ref_np, v, normalize=normalize)
     failing = ~(err <= tol)
     if failing.any():
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             excess = np.where(failing, err / tol, -np.inf)
         worst = np.unravel_index(np.argmax(excess), err.shape)
         base = "max|v|" if normalize else "max|y_ref|"

@@ -1,0 +1,86 @@
+"""NaN where a value check could not run (api.md, "Input checks"; math.md 7).
+
+``validate`` reads every array's values (finite q, k, v, rotary and State fields; log_gate <= 0;
+proportions in [0, 1]) and raises before computing. Under ``jax.jit``, ``jax.vmap``, ``torch.compile``
+or for lazy arrays the values cannot be read, so those checks cannot raise. The output then carries NaN
+wherever a forbidden value takes part, instead of a finite number that means nothing:
+
+    row i of y is NaN  if  q_i, a_i                           is forbidden (the query's own token), or
+                           k_j, v_j, rotary_j, log_gate_j, b_j is forbidden for some j <= i, or
+                           any field of the initial State is forbidden;
+    the final State      is NaN in every field when any of the above holds for some token.
+
+Each flag is 0 or NaN, added to the output, so an allowed input costs one elementwise add and its values
+are unchanged (x + 0 = x exactly, signed zeros aside).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .checks import Request
+from .state import State
+
+
+def _flag(bad: Any, xp: Any, dtype: Any) -> Any:
+    return xp.where(bad, xp.asarray(math.nan, dtype=dtype), xp.asarray(0.0, dtype=dtype))
+
+
+def _token_flags(request: Request, dtype: Any) -> tuple[Any, Any]:
+    """(own [..., T], causal [..., T]): the 0/NaN flags of the query's own token and of every token
+    whose forbidden value reaches the rows from it on."""
+    xp = request.xp
+
+    def rows_of(x: Any) -> Any:  # [..., T, n] -> [..., T]
+        return xp.any(~xp.isfinite(x), axis=-1)
+
+    own = _flag(rows_of(request.q), xp, dtype)
+    causal = _flag(rows_of(request.k), xp, dtype) + _flag(rows_of(request.v), xp, dtype)
+    if request.rotary is not None:
+        causal = causal + _flag(rows_of(request.rotary), xp, dtype)
+    if request.log_gate is not None:
+        g = request.log_gate
+        causal = causal + _flag(xp.isnan(g) | (g > 0), xp, dtype)
+    if request.proportions is not None:
+        a, b = request.proportions
+        own = own + _flag(~((a >= 0) & (a <= 1)), xp, dtype)
+        causal = causal + _flag(~((b >= 0) & (b <= 1)), xp, dtype)
+    return own, causal
+
+
+def _state_flag(state: State, xp: Any, dtype: Any) -> Any:
+    """[...]: NaN where a field of the resumed State is forbidden (as ``checks._check_state_values``)."""
+    flag = _flag(xp.isnan(state.log_scale) | (state.log_scale == math.inf), xp, dtype)
+    for x, axes in ((state.S, (-2, -1)), (state.z, (-1,)), (state.mu, (-1,))):
+        if x is not None:
+            flag = flag + _flag(xp.any(~xp.isfinite(x), axis=axes), xp, dtype)
+    return flag
+
+
+def poisoned(request: Request, y: Any, state: State | None) -> tuple[Any, State | None]:
+    """(y, state) with NaN added where a forbidden value takes part (module doc); unchanged when
+    ``validate`` could read the values (``request.values_checked``)."""
+    if request.values_checked:
+        return y, state
+    xp, batch, T = request.xp, request.batch_shape, request.T
+    dtype = y.dtype
+    own, causal = _token_flags(request, dtype)
+    rows = xp.broadcast_to(own, (*batch, T)) + xp.cumulative_sum(
+        xp.broadcast_to(causal, (*batch, T)), axis=-1
+    )
+    if request.initial_state is not None:
+        rows = rows + xp.broadcast_to(_state_flag(request.initial_state, xp, dtype), batch)[..., None]
+    y = y + rows[..., None]
+    if state is None:
+        return y, None
+    whole = xp.sum(rows, axis=-1)  # NaN if any row is
+
+    def spoil(x: Any, trailing: int) -> Any:
+        if x is None:
+            return None
+        flag = xp.astype(whole, x.dtype)
+        return x + xp.reshape(flag, (*flag.shape, *(1,) * trailing))
+
+    return y, state._replace(S=spoil(state.S, 2), z=spoil(state.z, 1), mu=spoil(state.mu, 1),
+                             log_scale=spoil(state.log_scale, 0))  # fmt: skip
