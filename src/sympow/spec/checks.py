@@ -337,6 +337,22 @@ def _any(condition: Any, xp: Any) -> bool:
     return bool(xp.any(condition))
 
 
+# What a value check refuses, elementwise; ``poison`` flags the same entries where values cannot be read.
+def forbidden_log_gate(g: Any, xp: Any) -> Any:
+    """NaN or positive: not the log of a gate in [0, 1]."""
+    return xp.isnan(g) | (g > 0)
+
+
+def forbidden_proportion(x: Any, xp: Any) -> Any:
+    """Outside [0, 1], or NaN."""
+    return ~((x >= 0) & (x <= 1))
+
+
+def forbidden_log_scale(log_scale: Any, xp: Any) -> Any:
+    """NaN or +inf (-inf is an empty state)."""
+    return xp.isnan(log_scale) | (log_scale == math.inf)
+
+
 def _check_finite(name: str, x: Any, xp: Any) -> None:
     if _any(~xp.isfinite(x), xp):
         raise ValueError(f"{name} must be finite everywhere, got NaN or infinite entries")
@@ -438,13 +454,13 @@ def validate(
     for name, x in (("q", q), ("k", k), ("v", v)):
         _check_finite(name, x, xp)
     if log_gate is not None:
-        if _any(xp.isnan(log_gate), xp) or _any(log_gate > 0, xp):
+        if _any(forbidden_log_gate(log_gate, xp), xp):
             raise ValueError(
                 "log_gate must hold values <= 0 (log of a gate in [0, 1]), got a positive or NaN entry"
             )
     if proportions is not None:
         for name, x in zip(("proportions[0] (a)", "proportions[1] (b)"), proportions, strict=True):
-            if _any(~((x >= 0) & (x <= 1)), xp):
+            if _any(forbidden_proportion(x, xp), xp):
                 raise ValueError(f"{name} must lie in [0, 1], got an entry outside it (or NaN)")
     if rotary is not None:
         _check_finite("rotary", rotary, xp)
@@ -490,7 +506,7 @@ def _check_state_values(state: State, xp: Any) -> None:
         if x is not None:
             _check_finite(f"initial_state.{field}", x, xp)
     log_scale = state.log_scale
-    if _any(xp.isnan(log_scale) | (log_scale == math.inf), xp):
+    if _any(forbidden_log_scale(log_scale, xp), xp):
         raise ValueError(
             "initial_state.log_scale must be finite or -inf (an empty state), got NaN or +inf entries"
         )

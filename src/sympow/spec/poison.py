@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .checks import Request
+from .checks import Request, forbidden_log_gate, forbidden_log_scale, forbidden_proportion
 from .state import State
 
 
@@ -40,18 +40,17 @@ def _token_flags(request: Request, dtype: Any) -> tuple[Any, Any]:
     if request.rotary is not None:
         causal = causal + _flag(rows_of(request.rotary), xp, dtype)
     if request.log_gate is not None:
-        g = request.log_gate
-        causal = causal + _flag(xp.isnan(g) | (g > 0), xp, dtype)
+        causal = causal + _flag(forbidden_log_gate(request.log_gate, xp), xp, dtype)
     if request.proportions is not None:
         a, b = request.proportions
-        own = own + _flag(~((a >= 0) & (a <= 1)), xp, dtype)
-        causal = causal + _flag(~((b >= 0) & (b <= 1)), xp, dtype)
+        own = own + _flag(forbidden_proportion(a, xp), xp, dtype)
+        causal = causal + _flag(forbidden_proportion(b, xp), xp, dtype)
     return own, causal
 
 
 def _state_flag(state: State, xp: Any, dtype: Any) -> Any:
     """[...]: NaN where a field of the resumed State is forbidden (as ``checks._check_state_values``)."""
-    flag = _flag(xp.isnan(state.log_scale) | (state.log_scale == math.inf), xp, dtype)
+    flag = _flag(forbidden_log_scale(state.log_scale, xp), xp, dtype)
     for x, axes in ((state.S, (-2, -1)), (state.z, (-1,)), (state.mu, (-1,))):
         if x is not None:
             flag = flag + _flag(xp.any(~xp.isfinite(x), axis=axes), xp, dtype)
