@@ -74,8 +74,8 @@ def jax_grads(x, kernel, form, resume=False):
     return [np.asarray(g) for g in grad(*args)]
 
 
-def assert_grads_close(got, expected, what):
-    for name, g, e in zip(NAMES, got, expected, strict=True):
+def assert_grads_close(got, expected, what, names=NAMES):
+    for name, g, e in zip(names, got, expected, strict=True):
         scale = max(np.max(np.abs(e)), 1e-300)
         err = np.max(np.abs(g - e)) / scale
         assert err < 1e-9, f"{what}: d/d{name} differs by {err:.2e} relative"
@@ -126,3 +126,52 @@ def test_jax_check_grads(form, resume):
         return call(*args, kernel=KERNELS[1], form=form, backend="jax", resume=resume)
 
     jax_test_util.check_grads(f, args, order=1, modes=("rev",), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def one_hot_inputs(seed: int) -> dict[str, np.ndarray]:
+    """q and k each a multiple of one basis vector (norms in [0.5, 3]), so most scores are exactly 0."""
+    rng = np.random.default_rng(seed)
+    q, k = (np.eye(4)[rng.integers(0, 4, (2, T))] * rng.uniform(0.5, 3.0, (2, T, 1)) for _ in range(2))
+    return {"q": q, "k": k, "v": rng.standard_normal((2, T, 3)), "log_gate": -rng.uniform(0.05, 1, (2, T))}
+
+
+def plain(q, k, v, log_gate, kernel, power, xp):
+    """y_i = sum_{j <= i} kappa(q_i k_j / 2) exp(g_{j+1} + ... + g_i) v_j, written out (d = 4, sigma = 1/2)."""
+    s = (q @ xp.swapaxes(k, -1, -2)) / 2
+    kappa = s if kernel == "identity" else s**power if kernel == "sympow" else 1 + s
+    G = xp.cumsum(log_gate, axis=-1)
+    decay = xp.exp(G[..., :, None] - G[..., None, :])
+    return (xp.tril(kappa * decay)) @ v
+
+
+VANISHING = (("identity", 1), ("sympow", 1), ("taylor", 1), ("sympow", 2))
+
+
+@pytest.mark.parametrize("kernel", VANISHING, ids=lambda k: f"{k[0]}{k[1]}")
+def test_gradients_where_scores_vanish(kernel):
+    """Orthogonal q_i and k_j give s_ij = 0 exactly. Written in log space a term exp(t + n log|cos|) has
+    derivative 0 there, right for n >= 2 but not for the linear term (d s / d q = k): every form and
+    backend must give the gradient of the plain formula, also on rows whose scores all vanish."""
+    x = one_hot_inputs(4)
+    weight = np.random.default_rng(8).standard_normal((2, T, 3))
+    names = ("q", "k", "v", "log_gate")
+    options = dict(kernel=kernel[0], power=kernel[1], normalize=False, chunk_size=3)
+
+    args = [torch.tensor(x[n], requires_grad=True) for n in names]
+    expected = torch.autograd.grad(
+        (plain(*args, *kernel, torch) * torch.tensor(weight)).sum(), args
+    )  # fmt: skip
+    expected = [g.numpy() for g in expected]
+    assert np.abs(expected[0]).max() > 0
+    for form in FORMS:
+        for backend in ("torch", "reference"):
+            y = sympow.attention(*args[:3], log_gate=args[3], form=form, backend=backend, **options)
+            got = torch.autograd.grad((y * torch.tensor(weight)).sum(), args)
+            assert_grads_close([g.numpy() for g in got], expected, f"torch {backend} {form}", names)
+
+        def loss(*a, form=form):
+            y = sympow.attention(*a[:3], log_gate=a[3], form=form, backend="jax", **options)
+            return (y * weight).sum()
+
+        got = jax.grad(loss, argnums=(0, 1, 2, 3))(*(jnp.asarray(x[n]) for n in names))
+        assert_grads_close([np.asarray(g) for g in got], expected, f"jax {form}", names)

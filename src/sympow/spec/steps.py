@@ -53,34 +53,56 @@ def attend(
     and m_i = max_{n, j} t_nij, the row's largest term, is factored out of the row: the largest term is
     exactly 1 and no term overflows, and none of the terms that matter underflows however far the row's
     norms bound its actual terms (a relu query whose support misses that of the heaviest keys, say, or a
-    query nearly orthogonal to them under log-gates of -50 a token).
+    query nearly orthogonal to them under log-gates of -50 a token). A row whose terms are all 0 has
+    m_i = -inf, except that a kernel with a linear term takes that term's largest bound (t_1ij without
+    log|cos_ij|) instead: the row is still 0, and its derivative in cos, which is not, survives a merge.
     """
     (uq, lq), (uk, lk) = query, key
     cos = uq @ xp.matrix_transpose(uk)
     log_cos = safe_log(xp.abs(cos), xp)  # -inf where cos = 0: the term is 0
     if proportion_weight is not None:
         log_weight = log_weight + safe_log(proportion_weight, xp)
-    exponents = []  # (n, t_nij)
+    exponents = []  # (n, t_nij without n log|cos_ij|, t_nij)
     for n, log_c in zip(kernel.degrees, kernel.log_coefficients, strict=True):
         if n == 0:
-            exponents.append((n, log_weight + log_c))
+            exponents.append((n, None, log_weight + log_c))
         else:
             key = n * lk + log_c if log_c else n * lk
-            exponents.append((n, log_weight + key[..., None, :] + n * (lq[..., :, None] + log_cos)))
+            bound = log_weight + key[..., None, :] + n * lq[..., :, None]
+            exponents.append((n, bound, bound + n * log_cos))
     m = None
-    for _, exponent in exponents:
+    for _, _, exponent in exponents:
         top = xp.max(exponent, axis=-1)
         m = top if m is None else xp.maximum(m, top)
+    if 1 in kernel.degrees:  # a row whose linear terms all vanish keeps their bound as its scale
+        bound = xp.max(next(b for n, b, _ in exponents if n == 1), axis=-1)
+        m = xp.where(xp.isfinite(m), m, bound)
     reference = finite_or_zero(m, xp)[..., None]
     weights = None
     negative = None
-    for n, exponent in exponents:
+    for n, bound, exponent in exponents:
         term = xp.exp(exponent - reference)
         if n % 2:
             negative = cos < 0 if negative is None else negative
             term = xp.where(negative, -term, term)
+        if n == 1:
+            term = _linear_at_zero(term, cos, bound - reference, xp)
         weights = term if weights is None else weights + term
     return weights @ v, xp.sum(weights, axis=-1), m
+
+
+def _linear_at_zero(term: Any, cos: Any, log_factor: Any, xp: Any) -> Any:
+    """The degree-1 term, with the right derivative where cos_ij = 0 exactly.
+
+    In log space a term exp(t + log|cos|) has derivative 0 in cos at cos = 0; for n >= 2 that is
+    right (d cos^n / d cos = 0 there), for n = 1 it is not: d(F cos)/d cos = F, with
+    F = exp(log_factor) the term's factor besides cos. Where cos = 0 the term is written F cos (value
+    0, derivative F), F capped near the dtype's largest number so that 0 * F stays 0; elsewhere the
+    log-space term is kept (one-hot or disjoint inputs make cos = 0 common, and their gradients
+    must be those of kappa(s) = c s)."""
+    largest = math.log(xp.finfo(cos.dtype).max) - 1.0
+    factor = xp.exp(xp.minimum(log_factor, xp.full_like(log_factor, largest)))
+    return xp.where(cos == 0, cos * factor, term)
 
 
 def chunk_states(
@@ -190,4 +212,8 @@ def finish(partial: tuple[Any, Any, Any], normalize: bool, eps: float, xp: Any) 
         positive = den > 0
         safe = xp.where(positive, den, xp.ones_like(den))
         return xp.where(positive[..., None], num / safe[..., None], xp.zeros_like(num))
-    return xp.where(num == 0, num, num * xp.exp(reference)[..., None])
+    # y = N exp(m); where N = 0 its derivative exp(m) is still needed (a row of a sign-changing kernel
+    # whose scores all vanish), with m capped there so that 0 * exp(m) stays 0
+    largest = xp.full_like(reference, math.log(xp.finfo(num.dtype).max) - 1.0)
+    at_zero = num * xp.exp(xp.minimum(reference, largest))[..., None]
+    return xp.where(num == 0, at_zero, num * xp.exp(reference)[..., None])
