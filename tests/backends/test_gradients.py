@@ -136,7 +136,7 @@ def one_hot_inputs(seed: int) -> dict[str, np.ndarray]:
 
 
 def plain(q, k, v, log_gate, kernel, power, xp):
-    """y_i = sum_{j <= i} kappa(q_i k_j / 2) exp(g_{j+1} + ... + g_i) v_j, written out (d = 4, sigma = 1/2)."""
+    """y_i = sum_{j <= i} kappa(q_i k_j / 2) exp(g_{j+1} + ... + g_i) v_j written out (d = 4, sigma = 1/2)."""
     s = (q @ xp.swapaxes(k, -1, -2)) / 2
     kappa = s if kernel == "identity" else s**power if kernel == "sympow" else 1 + s
     G = xp.cumsum(log_gate, axis=-1)
