@@ -211,8 +211,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "row-block-resumed-decay",
         "spec/forms.py",
-        "from_start[..., r0:r1], p.initial,",
-        "prefix_sums(p.for_state(g[..., r0:r1]), xp), p.initial,",
+        "from_start = prefix_sums(p.for_state(_gates(p)), xp)[..., r0:r1]",
+        "from_start = prefix_sums(p.for_state(_gates(p))[..., r0:r1], xp)",
         (FORMS_TESTS,),
         "resumed parallel form in row blocks: the initial state's decay restarts at every row block",
         keyword=f"row_block and {NUMPY_ONLY}",  # the test that shrinks ROW_BLOCK_ELEMENTS
@@ -220,7 +220,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "parallel-drops-initial-state",
         "spec/forms.py",
-        "partial = merge(partial, p.back(from_state), xp)",
+        "partial = merge(partial, query_rows(p, p.initial, p.initial_scale, r0, r1), xp)",
         "partial = partial",
         (STATE_TESTS,),
         "the parallel form ignores the initial state's contribution to the outputs",
@@ -252,8 +252,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "recurrent-own-term-dropped",
         "spec/forms.py",
-        "y = finish(merge(own, p.back(past), xp), p.normalize, p.eps, xp)",
-        "y = finish(p.back(past), p.normalize, p.eps, xp)",
+        "y = output(merge(own, p.back(past), xp), p, finished)",
+        "y = output(p.back(past), p, finished)",
         (FORMS_TESTS,),
         "the recurrent form leaves out token t's own term (state queried before its key is added)",
     ),

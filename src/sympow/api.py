@@ -28,6 +28,8 @@ def attention(
     return_state: bool = False,
     backend: str | None = None,
     state_dtype: str | None = None,
+    sequence_group: Any = None,
+    sequence_exchange: str = "auto",
 ) -> Any:
     r"""Causal symmetric-power attention and its relatives (docs: math.md).
 
@@ -63,6 +65,16 @@ def attention(
     largest exceeds ``sympow.spec.checks.MAX_FEATURE_ELEMENTS`` entries (2^36; the parallel form without
     a State builds none).
 
+    ``sequence_group`` splits one sequence over the members of a group (math.md 11, docs/sequence.md):
+    each member calls ``attention`` with its own consecutive slice of T (in rank order) and the same
+    everything else; ``initial_state`` is the state before the whole sequence (the same on every
+    member) and the returned State the whole sequence's, on every member. A JAX mesh axis name inside
+    ``jax.shard_map`` (jax backend; equal slices) or a ``torch.distributed`` ProcessGroup (torch
+    backend; slices may differ in length). ``sequence_exchange`` is how the slices' states meet:
+    "allgather" (one all-gather, then a local combine), "scan" (a log-depth scan of pairwise exchanges),
+    or "auto" (the cost model of ``sympow.spec.sequence``). Differentiable through both, on every
+    member; torch members whose shapes, options or initial states disagree all raise a ValueError.
+
     Raises ValueError or TypeError, naming the argument, on bad input, before computing anything: every
     array argument (q, k, v, log_gate, proportions, rotary, each field of initial_state) must be a dense
     array of the standard of q's library and device, holding values (no torch ``meta`` tensor, sparse
@@ -73,7 +85,8 @@ def attention(
         q, k, v, kernel=kernel, power=power, scale=scale, log_gate=log_gate,
         proportions=proportions, rotary=rotary, rotary_layout=rotary_layout, normalize=normalize,
         eps=eps, form=form, chunk_size=chunk_size, initial_state=initial_state,
-        return_state=return_state, state_dtype=state_dtype,
+        return_state=return_state, state_dtype=state_dtype, sequence_group=sequence_group,
+        sequence_exchange=sequence_exchange,
     )  # fmt: skip
     _, implementation = backends.select(request, backend)
     y, state = implementation.run(request, resolve_form(request))

@@ -154,6 +154,8 @@ def conformal_sympow(
     return_state: bool = False,
     backend: str | None = None,
     state_dtype: str | None = None,
+    sequence_group: Any = None,
+    sequence_exchange: str = "auto",
 ) -> Any:
     r"""Conformal symmetric-power attention: sympow p with data-dependent gates and rotary.
 
@@ -197,6 +199,7 @@ def conformal_sympow(
         q, k, v, kernel="sympow", power=power, scale=scale, log_gate=log_gate, rotary=increments,
         rotary_layout=rotary_layout, normalize=normalize, eps=eps, form=form, chunk_size=chunk_size,
         initial_state=initial_state, return_state=return_state, backend=backend, state_dtype=state_dtype,
+        sequence_group=sequence_group, sequence_exchange=sequence_exchange,
     )  # fmt: skip
 
 
@@ -261,6 +264,8 @@ def leapformer(
     return_state: bool = False,
     backend: str | None = None,
     state_dtype: str | None = None,
+    sequence_group: Any = None,
+    sequence_exchange: str = "auto",
 ) -> Any:
     r"""LeaPformer: relu linear attention re-weighted by learned proportions (math.md section 2).
 
@@ -313,6 +318,7 @@ def leapformer(
     options = dict(
         kernel="relu", scale=scale, proportions=proportions, form=form, chunk_size=chunk_size,
         initial_state=initial_state, return_state=return_state, backend=backend, state_dtype=state_dtype,
+        sequence_group=sequence_group, sequence_exchange=sequence_exchange,
     )  # fmt: skip
     if denominator_floor is None:
         return attention(q, k, v, normalize=normalize, eps=eps, **options)
@@ -343,6 +349,8 @@ def rebased(
     return_state: bool = False,
     backend: str | None = None,
     state_dtype: str | None = None,
+    sequence_group: Any = None,
+    sequence_exchange: str = "auto",
 ) -> Any:
     r"""ReBased: sympow p = 2 on affinely layer-normed q and k (math.md section 1).
 
@@ -376,7 +384,7 @@ def rebased(
     return attention(
         q_hat, k_hat, v, kernel="sympow", power=2, normalize=normalize, eps=eps, form=form,
         chunk_size=chunk_size, initial_state=initial_state, return_state=return_state, backend=backend,
-        state_dtype=state_dtype,
+        state_dtype=state_dtype, sequence_group=sequence_group, sequence_exchange=sequence_exchange,
     )  # fmt: skip
 
 
@@ -393,6 +401,8 @@ def based(
     return_state: bool = False,
     backend: str | None = None,
     state_dtype: str | None = None,
+    sequence_group: Any = None,
+    sequence_exchange: str = "auto",
 ) -> Any:
     r"""Based: the second-order Taylor kernel (math.md section 1).
 
@@ -407,6 +417,7 @@ def based(
     return attention(
         q, k, v, kernel="taylor", power=2, normalize=normalize, eps=eps, form=form, chunk_size=chunk_size,
         initial_state=initial_state, return_state=return_state, backend=backend, state_dtype=state_dtype,
+        sequence_group=sequence_group, sequence_exchange=sequence_exchange,
     )  # fmt: skip
 
 

@@ -24,15 +24,20 @@ from jax import lax
 
 from ..spec import Executor, Request, State
 from ..spec import run as run_spec
+from .jax_group import AxisGroup
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
-EXECUTOR = Executor("jax", scan=lambda xp: lax.scan)
+SEQUENCE_GROUP = "a mesh axis name, inside jax.shard_map"
+EXECUTOR = Executor("jax", scan=lambda xp: lax.scan, group=AxisGroup)
 
 
 def supports(request: Request) -> str | None:
     """None if this backend computes ``request``: every kernel, weight and form, on any JAX device."""
     if str(request.dtype) not in DTYPES:
         return f"dtype {request.dtype} is not one of {list(DTYPES)}"
+    group = request.sequence_group
+    if group is not None and not isinstance(group, str):
+        return f"sequence_group must be {SEQUENCE_GROUP} on jax, got {type(group).__name__}"
     return None
 
 

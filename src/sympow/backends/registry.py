@@ -148,7 +148,8 @@ def select(request: Any, argument: Any = None) -> tuple[Backend, ModuleType]:
     for backend in registered():
         if _refusal(backend, request, library) is None and _declined(backend, request) is None:
             return backend, backend.load()
-    raise ValueError(f"no registered backend takes {library} arrays")  # the reference takes all
+    reasons = [f"{b.name}: {_refusal(b, request, library)}" for b in registered() if b.takes(library)]
+    raise ValueError(f"no registered backend runs this call on {library} arrays ({'; '.join(reasons)})")
 
 
 def _refusal(backend: Backend, request: Any, library: str) -> str | None:
@@ -158,7 +159,10 @@ def _refusal(backend: Backend, request: Any, library: str) -> str | None:
     reason = backend.unavailable()
     if reason is not None:
         return reason
-    return backend.load().supports(request)
+    module = backend.load()
+    if getattr(request, "sequence_group", None) is not None and not hasattr(module, "SEQUENCE_GROUP"):
+        return "it has no collectives for sequence_group (the torch and jax backends have)"
+    return module.supports(request)
 
 
 def _declined(backend: Backend, request: Any) -> str | None:

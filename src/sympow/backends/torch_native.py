@@ -27,7 +27,16 @@ from ..spec.static import STATIC
 
 DEVICES = ("cpu", "cuda")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-EXECUTOR = Executor("torch")
+SEQUENCE_GROUP = "a torch.distributed ProcessGroup"
+
+
+def _process_group(group: Any) -> Any:
+    from .torch_group import ProcessGroup
+
+    return ProcessGroup(group)
+
+
+EXECUTOR = Executor("torch", group=_process_group)
 
 for _table in STATIC:
     torch.compiler.assume_constant_result(_table)
@@ -39,6 +48,8 @@ def supports(request: Request) -> str | None:
         return f"device {request.q.device.type!r} is not one of {list(DEVICES)}"
     if request.dtype not in DTYPES:
         return f"dtype {request.dtype} is not one of {[str(t) for t in DTYPES]}"
+    if isinstance(request.sequence_group, str):
+        return f"sequence_group must be {SEQUENCE_GROUP} on torch, got the name {request.sequence_group!r}"
     return None
 
 

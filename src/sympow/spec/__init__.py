@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import sequence
 from .checks import FORMS, Request, validate
 from .executor import REFERENCE, Executor
 from .forms import FORMS as FORM_FUNCTIONS
@@ -33,6 +34,8 @@ def resolve_form(request: Request) -> str:
 
 def run(request: Request, form: str, executor: Executor = REFERENCE) -> tuple[Any, State | None]:
     """(y in the input dtype, final state or None) of ``request`` computed in ``form`` by ``executor``."""
-    prepared = prepare(request, executor)
-    y, state = FORM_FUNCTIONS[form](prepared, request.return_state)
+    if request.sequence_group is not None:
+        y, state = sequence.run(request, form, executor, request.sequence_exchange)
+    else:
+        y, state = FORM_FUNCTIONS[form](prepare(request, executor), request.return_state)
     return poisoned(request, request.xp.astype(y, request.dtype), state)

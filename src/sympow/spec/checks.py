@@ -35,6 +35,7 @@ from .state import Producer, State, state_type
 
 FORMS = ("parallel", "recurrent", "chunked", "auto")
 STATE_DTYPES = (None, "float32", "float64")
+EXCHANGES = ("auto", "allgather", "scan")  # of a sequence group (``sequence``)
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")  # np.longdouble (float128) is refused
 ACCUMULATION_MAX_DEGREE = 4  # math.md 9: above this degree the default state path is float64
 DEFAULT_POWER = 2  # the default of ``attention(power=...)``; relu and identity take only it (or 1)
@@ -76,6 +77,8 @@ class Request:
     state_dtype: str
     state_class: type[State] = State  # the State subclass that records this call's producer
     values_checked: bool = True  # False where the values could not be read (``poison``)
+    sequence_group: Any = None  # a JAX mesh axis name or a torch.distributed ProcessGroup (``sequence``)
+    sequence_exchange: str = "auto"
 
     @property
     def dtype(self) -> Any:
@@ -377,6 +380,8 @@ def validate(
     initial_state: State | None,
     return_state: bool,
     state_dtype: str | None = None,
+    sequence_group: Any = None,
+    sequence_exchange: str = "auto",
 ) -> Request:
     """Check every argument of ``attention`` (api.md) and return the ``Request``; see the module doc."""
     xp = _namespace("q", q)
@@ -419,6 +424,8 @@ def validate(
     if not isinstance(return_state, bool):
         raise TypeError(f"return_state must be a bool, got {return_state!r}")
     state_dtype = resolve_state_dtype(state_dtype, xp, q.dtype, the_kernel)
+    _check_sequence_group(sequence_group)
+    sequence_exchange = _check_choice("sequence_exchange", sequence_exchange, EXCHANGES)
 
     leading = {"q": _shape(q)[:-2], "k": _shape(k)[:-2], "v": _shape(v)[:-2]}
     if log_gate is not None:
@@ -474,9 +481,21 @@ def validate(
         proportions=proportions, rotary=rotary, rotary_layout=rotary_layout, normalize=normalize,
         eps=eps, form=form, chunk_size=chunk_size, initial_state=initial_state,
         return_state=return_state, batch_shape=batch_shape, T=T, d=d, e=e, state_dtype=state_dtype,
-        values_checked=values_checked,
+        values_checked=values_checked, sequence_group=sequence_group, sequence_exchange=sequence_exchange,
         state_class=state_type(Producer(the_kernel, 1 if proportions is None else 2)),
     )  # fmt: skip
+
+
+def _check_sequence_group(group: Any) -> None:
+    """None, a JAX mesh axis name (a str) or a torch.distributed ProcessGroup (it has size() and rank())."""
+    if group is None or isinstance(group, str):
+        return
+    if callable(getattr(group, "size", None)) and callable(getattr(group, "rank", None)):
+        return
+    raise TypeError(
+        "sequence_group must be a JAX mesh axis name (a str, inside jax.shard_map) or a "
+        f"torch.distributed ProcessGroup, got {type(group).__name__}"
+    )
 
 
 def resolve_state_dtype(requested: Any, xp: Any, dtype: Any, kernel: Kernel) -> str:

@@ -40,10 +40,12 @@ def loop_scan(xp: Any) -> Scan:
 
 @dataclass(frozen=True)
 class Executor:
-    """How a backend runs the spec: ``scan(xp)`` gives the loop primitive for a namespace."""
+    """How a backend runs the spec: ``scan(xp)`` gives the loop primitive for a namespace; ``group``, where
+    the backend has collectives, turns a ``sequence_group`` argument into a ``sequence.Group``."""
 
     name: str
     scan: Callable[[Any], Scan] = loop_scan
+    group: Callable[[Any], Any] | None = None
 
 
 REFERENCE = Executor("reference")

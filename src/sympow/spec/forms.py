@@ -43,7 +43,7 @@ from .steps import (
 from .weights import causal_mask, prefix_sums, segment_sums, suffix_sums
 
 ROW_BLOCK_ELEMENTS = 1 << 22  # score-matrix entries per batch entry in one block of the parallel form
-Result = tuple[Any, State | None]
+Result = tuple[Any, State | None]  # (y, or the partial (num, den, m) when not ``finished``; State or None)
 
 
 def choose_form(T: int, d: int, e: int, feature_size: int, chunk_size: int) -> str:
@@ -83,14 +83,36 @@ def _final_state(p: Prepared, g: Any, k_features: Any, k_lam: Any) -> State:
     return unpack_state(final, final_scale, p)
 
 
-def parallel(p: Prepared, return_state: bool) -> Result:
+def query_rows(p: Prepared, state: Any, scale: Any, r0: int, r1: int) -> tuple[Any, Any, Any]:
+    """The partial (num, den, m) of queries r0..r1-1 against a state SZ [B, D, H*(e+1)] of log scale
+    [B] that enters before token 0 (decayed by the gates up to each query), in the scores' dtype."""
+    xp = p.xp
+    direction = (p.q_dir[0][..., r0:r1, :], p.q_dir[1][..., r0:r1])
+    q_features, q_lam = scaled(p.kernel, None, xp, p.state_direction(direction))
+    from_start = prefix_sums(p.for_state(_gates(p)), xp)[..., r0:r1]
+    query_weight = _rows(p.for_state(p.query_weight), r0, r1)
+    return p.back(query_states(q_features, q_lam, from_start, state, scale, query_weight, p.e, xp))
+
+
+def output(partial: tuple[Any, Any, Any], p: Prepared, finished: bool) -> Any:
+    """y from a partial (num, den, m), or the partial itself when not ``finished``."""
+    return finish(partial, p.normalize, p.eps, p.xp) if finished else partial
+
+
+def _concat_rows(outputs: list[Any], xp: Any) -> Any:
+    """Row blocks of y, or of partials (num, den, m), joined along the token axis."""
+    if len(outputs) == 1:
+        return outputs[0]
+    if isinstance(outputs[0], tuple):
+        columns = zip(*outputs, strict=True)
+        return tuple(xp.concat(list(parts), axis=-2 if i == 0 else -1) for i, parts in enumerate(columns))
+    return xp.concat(outputs, axis=-2)
+
+
+def parallel(p: Prepared, return_state: bool, finished: bool = True) -> Result:
     xp, T = p.xp, p.T
     g = _gates(p)
     rows = max(1, min(T, ROW_BLOCK_ELEMENTS // T))
-    if p.resumed:
-        q_features, q_lam = scaled(p.kernel, None, xp, p.state_direction(p.q_dir))
-        from_start = prefix_sums(p.for_state(g), xp)
-        query_weight = p.for_state(p.query_weight)
     outputs = []
     for r0 in range(0, T, rows):
         r1 = min(T, r0 + rows)
@@ -105,19 +127,15 @@ def parallel(p: Prepared, return_state: bool) -> Result:
         key = (p.k_dir[0][..., :r1, :], p.k_dir[1][..., :r1])
         partial = attend(p.kernel, query, key, p.v[..., :r1, :], log_weight, weight, xp)
         if p.resumed:
-            from_state = query_states(
-                q_features[..., r0:r1, :], q_lam[..., r0:r1], from_start[..., r0:r1], p.initial,
-                p.initial_scale, _rows(query_weight, r0, r1), p.e, xp,
-            )  # fmt: skip
-            partial = merge(partial, p.back(from_state), xp)
-        outputs.append(finish(partial, p.normalize, p.eps, xp))
-    y = outputs[0] if len(outputs) == 1 else xp.concat(outputs, axis=-2)
+            partial = merge(partial, query_rows(p, p.initial, p.initial_scale, r0, r1), xp)
+        outputs.append(output(partial, p, finished))
+    y = _concat_rows(outputs, xp)
     if not return_state:
         return y, None
     return y, _final_state(p, g, *scaled(p.kernel, None, xp, p.state_direction(p.k_dir)))
 
 
-def recurrent(p: Prepared, return_state: bool) -> Result:
+def recurrent(p: Prepared, return_state: bool, finished: bool = True) -> Result:
     """Token by token: y_t from the state after t-1 (decayed by g_t) plus token t's own term, the
     latter from its score kappa(s_tt) as inside a chunk, which is better conditioned in float32 than
     phi(q~_t).phi(k~_t) for high powers; then S <- gamma_t S + phi(k~_t) v_t^T. One ``p.scan`` over
@@ -160,7 +178,7 @@ def recurrent(p: Prepared, return_state: bool) -> Result:
         product = xp.reshape(product, (*product.shape[:-1], p.halves, e + 1))
         product = xp.sum(product * p.for_state(p.query_weight)[..., None], axis=-2)
     past = (product[..., :e], product[..., e], q_lam + g + xp.moveaxis(scales, 0, -1))
-    y = finish(merge(own, p.back(past), xp), p.normalize, p.eps, xp)
+    y = output(merge(own, p.back(past), xp), p, finished)
     return y, unpack_state(state, scale, p) if return_state else None
 
 
@@ -180,7 +198,7 @@ def _chunk(x: Any, n: int, size: int, xp: Any, fill: float = 0.0, tail: int = 0)
     return xp.reshape(x, (*lead, n, size, *x.shape[x.ndim - tail :]))
 
 
-def chunked(p: Prepared, return_state: bool) -> Result:
+def chunked(p: Prepared, return_state: bool, finished: bool = True) -> Result:
     xp, T = p.xp, p.T
     size = min(p.chunk_size, T)
     n = -(-T // size)
@@ -200,9 +218,14 @@ def chunked(p: Prepared, return_state: bool) -> Result:
     intra = attend(p.kernel, q_dir, k_dir, v, log_weight, weight, xp)
     # 2-4. the state path, chunk by chunk
     inter, final, final_scale = _chunk_by_chunk(p, n, size, g, q_dir, k_dir, v)
-    y = finish(merge(intra, p.back(inter), xp), p.normalize, p.eps, xp)
-    y = xp.reshape(y, (*y.shape[:-3], n * size, p.e))[..., :T, :]
-    return y, unpack_state(final, final_scale, p) if return_state else None
+    num, den, m = merge(intra, p.back(inter), xp)
+    lead = num.shape[:-3]
+    partial = (
+        xp.reshape(num, (*lead, n * size, p.e))[..., :T, :],
+        xp.reshape(den, (*lead, n * size))[..., :T],
+        xp.reshape(m, (*lead, n * size))[..., :T],
+    )
+    return output(partial, p, finished), unpack_state(final, final_scale, p) if return_state else None
 
 
 def _chunk_by_chunk(

@@ -106,7 +106,12 @@ def compute_dtype(xp: Any, dtype: Any) -> Any:
     return xp.float64 if dtype == xp.float64 else xp.float32
 
 
-def prepare(request: Request, executor: Executor = REFERENCE) -> Prepared:
+def prepare(
+    request: Request, executor: Executor = REFERENCE, *, resume: bool = True, angle: Any = None
+) -> Prepared:
+    """The request's inputs for the forms. ``resume=False`` ignores the sums of ``initial_state`` (the
+    forms start from an empty state) and ``angle`` [B, d/2], if given, replaces the rotary angle entering
+    token 0: what a member of a sequence group computes its slice from (``sequence``)."""
     xp = request.xp
     work = compute_dtype(xp, request.dtype)
     batch = request.batch_shape
@@ -120,6 +125,7 @@ def prepare(request: Request, executor: Executor = REFERENCE) -> Prepared:
     mu_end = None
     if request.uses_rotary:
         mu0 = None if state is None or state.mu is None else xp.broadcast_to(state.mu, (*batch, d // 2))
+        mu0 = mu0 if angle is None else angle
         increments = (
             xp.zeros((*batch, T, d // 2), dtype=work, device=request.device)
             if request.rotary is None
@@ -138,6 +144,7 @@ def prepare(request: Request, executor: Executor = REFERENCE) -> Prepared:
         a, b = (cast(x, (T,)) for x in request.proportions)
         query_weight, key_weight = (_half_weights(x, xp) for x in (a, b))
     state_dtype = getattr(xp, request.state_dtype)
+    state = state if resume else None
     packed, initial_scale = pack_state(state, request, state_dtype)
     yq, yk = q * root_scale, k * root_scale
     return Prepared(
