@@ -81,13 +81,32 @@ def attention(
     tensor, NumPy masked array or matrix, Numba device array), of dtype float16, bfloat16, float32 or
     float64.
     """
-    request = validate(
-        q, k, v, kernel=kernel, power=power, scale=scale, log_gate=log_gate,
-        proportions=proportions, rotary=rotary, rotary_layout=rotary_layout, normalize=normalize,
-        eps=eps, form=form, chunk_size=chunk_size, initial_state=initial_state,
-        return_state=return_state, state_dtype=state_dtype, sequence_group=sequence_group,
-        sequence_exchange=sequence_exchange,
-    )  # fmt: skip
-    _, implementation = backends.select(request, backend)
+    try:
+        request = validate(
+            q, k, v, kernel=kernel, power=power, scale=scale, log_gate=log_gate,
+            proportions=proportions, rotary=rotary, rotary_layout=rotary_layout, normalize=normalize,
+            eps=eps, form=form, chunk_size=chunk_size, initial_state=initial_state,
+            return_state=return_state, state_dtype=state_dtype, sequence_group=sequence_group,
+            sequence_exchange=sequence_exchange,
+        )  # fmt: skip
+        _, implementation = backends.select(request, backend)
+    except (ValueError, TypeError):
+        _refuse_together(sequence_group)
+        raise
     y, state = implementation.run(request, resolve_form(request))
     return (y, state) if return_state else y
+
+
+def _refuse_together(group: Any) -> None:
+    """Where this member of a torch process group refuses its own call, tell the other members, which
+    would otherwise wait for it in the exchange (``spec.sequence.refuse``); best effort, as the call's own
+    error is raised next whatever happens here. JAX members trace one program: nothing to tell."""
+    if group is None or isinstance(group, str):
+        return
+    try:
+        from .backends.torch_group import ProcessGroup
+        from .spec.sequence import refuse
+
+        refuse(ProcessGroup(group))
+    except Exception:  # the original error matters, not this one
+        pass

@@ -73,14 +73,14 @@ def output_weights() -> np.ndarray:
     return np.random.default_rng(11).standard_normal((2, T, E))
 
 
-def model_bytes(case: Case, P: int, feature_size: int, batch: int = 2) -> int | None:
+def model_bytes(case: Case, P: int, feature_size: int, traced: bool, batch: int = 2) -> int | None:
     """Bytes a receiving member gets by the cost model (None for "auto", whose choice the test leaves to
     ``choose_exchange``): the state element in the state's dtype, the rotary totals in float64."""
     if case.exchange == "auto":
         return None
     wide = case.dtype == "float64" or case.state_dtype == "float64"
     return sequence.model_bytes(P, case.exchange, batch, feature_size, E, 8 if wide else 4, True,
-                                batch * D // 2, 8)  # fmt: skip
+                                batch * D // 2, 8, traced)  # fmt: skip
 
 
 def relative(got: np.ndarray, expected: np.ndarray) -> float:

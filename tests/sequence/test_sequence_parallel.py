@@ -53,6 +53,8 @@ def test_jax_mesh(P):
     done = _worker("tests.sequence.jax_worker", str(P), *SUBSETS[P], timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
+    if P > 1:  # a forbidden value on member 0 reaches every later row, on every member, and the State
+        assert results.pop("poison") == {"before": True, "after": True, "state": True}
     assert set(results) == set(SUBSETS[P] or [c.id for c in CASES])
     for case_id, result in results.items():
         assert_case(case_id, result, f"jax P={P}")
@@ -73,7 +75,20 @@ def test_torch_gloo(P, tmp_path):
         if P > 1:  # every rank raises, naming what differs
             assert "must agree on d (by member: [4, 6" in messages[0], messages[0]
             assert "must agree on initial_state values" in messages[1], messages[1]
-            assert all(m.startswith("sequence_group") for m in messages)
+            assert all(m.startswith("sequence_group") for m in messages[:2])
+            expected = "q must be finite" if rank == P - 1 else f"sequence_group members [{P - 1}] refused"
+            assert messages[2].startswith(expected), messages[2]
+
+
+def test_the_signature_has_its_declared_length():
+    """A refused member sends SIGNATURE_LENGTH entries: the others' signatures must have as many."""
+    request = sympow.spec.validate(
+        np.ones((2, 5, 4)), np.ones((2, 5, 4)), np.ones((2, 5, 3)), kernel="sympow", power=2, scale=None,
+        log_gate=None, proportions=None, rotary=None, rotary_layout="half", normalize=True, eps=0.0,
+        form="auto", chunk_size=64, initial_state=None, return_state=False,
+    )  # fmt: skip
+    assert len(sequence.signature(request)) == sequence.SIGNATURE_LENGTH
+    assert min(sequence.signature(request).values()) > sequence.REFUSED
 
 
 def test_an_unbound_axis_name_is_refused():

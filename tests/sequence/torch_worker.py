@@ -59,7 +59,7 @@ def run(case, x, weight, rank, P):
     states = (s1.unscaled(), s2.unscaled())
     result = {
         "bytes": sum(nbytes for _, nbytes in record),
-        "model_bytes": model_bytes(case, P, s2.z.shape[-1]),
+        "model_bytes": model_bytes(case, P, s2.z.shape[-1], traced=False),
         "y": relative_error(y2.detach(), y1.detach()[:, lo:hi], whole[2].detach(), normalize=case.normalize),
         "state": max(relative(b.detach(), a.detach().numpy()) for a, b in zip(*states, strict=True)),
         "mu": float((s1.mu - s2.mu).detach().abs().max()),
@@ -73,13 +73,15 @@ def run(case, x, weight, rank, P):
 
 
 def refusals(rank: int) -> list[str]:
-    """The bad calls: a slice whose d disagrees across members, an initial state that differs."""
+    """The bad calls: a slice whose d disagrees across members, an initial state that differs, a NaN in
+    the last member's slice only (which that member refuses, and the others with it)."""
     group, messages = dist.group.WORLD, []
     q = torch.randn(2, 5 + rank, 4 + 2 * (rank % 2), dtype=torch.float64)
     v = torch.randn(2, 5 + rank, 3, dtype=torch.float64)
     for call in (
         lambda: sympow.attention(q, q, v, sequence_group=group),
         lambda: sympow.attention(q[..., :4], q[..., :4], v, sequence_group=group, initial_state=_state(rank)),
+        lambda: sympow.attention(_nan_on_last(q[..., :4], rank), q[..., :4], v, sequence_group=group),
     ):
         try:
             call()
@@ -87,6 +89,13 @@ def refusals(rank: int) -> list[str]:
         except ValueError as error:
             messages.append(str(error))
     return messages
+
+
+def _nan_on_last(q: torch.Tensor, rank: int) -> torch.Tensor:
+    q = q.clone()
+    if rank == dist.get_world_size() - 1:
+        q[0, 0, 0] = float("nan")
+    return q
 
 
 def _state(rank: int):

@@ -1,7 +1,9 @@
 """A JAX mesh axis as a sequence group (``spec.sequence.Group``), inside ``jax.shard_map``.
 
 The collectives are JAX's own, so ``jax.grad`` differentiates through them (the transpose of
-``all_gather`` is a reduce-scatter, that of ``ppermute`` the reverse permutation).
+``all_gather`` is a reduce-scatter, that of ``ppermute`` the reverse permutation). The all-gather's result
+is typed as the same on every member, so that the whole sequence's State leaves
+``shard_map(check_vma=True)`` with ``out_specs=P()``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class AxisGroup:
 
     def all_gather(self, x: Any) -> Any:
         count("all_gather", self.size, math.prod(x.shape) * x.dtype.itemsize)
-        return lax.all_gather(x, self.name)
+        return lax.all_gather(x, self.name, to="invarying")  # the same on every member
 
     def shift(self, x: Any, s: int) -> Any:
         count("shift", self.size, math.prod(x.shape) * x.dtype.itemsize, s)

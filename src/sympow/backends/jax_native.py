@@ -28,7 +28,30 @@ from .jax_group import AxisGroup
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 SEQUENCE_GROUP = "a mesh axis name, inside jax.shard_map"
-EXECUTOR = Executor("jax", scan=lambda xp: lax.scan, group=AxisGroup)
+
+
+def _varying(x: Any) -> frozenset:
+    """The mesh axes along which x varies inside ``jax.shard_map`` (empty outside it)."""
+    axis_type = getattr(jax.typeof(x), "manual_axis_type", None)
+    return frozenset() if axis_type is None else axis_type.varying
+
+
+def scan(step: Any, carry: Any, xs: Any) -> Any:
+    """``lax.scan``, with the initial carry marked as varying along the mesh axes the scanned arrays vary
+    along: inside ``jax.shard_map(check_vma=True)`` a carry made of constants (an empty state) would
+    otherwise change type in the first step, which lax.scan refuses."""
+    axes = frozenset().union(*(_varying(x) for x in jax.tree.leaves(xs)))
+    if axes:
+        carry = jax.tree.map(lambda c: _cast(c, axes), carry)
+    return lax.scan(step, carry, xs)
+
+
+def _cast(x: Any, axes: frozenset) -> Any:
+    missing = tuple(sorted(axes - _varying(x)))
+    return lax.pcast(x, missing, to="varying") if missing else x
+
+
+EXECUTOR = Executor("jax", scan=lambda xp: scan, group=AxisGroup)
 
 
 def supports(request: Request) -> str | None:

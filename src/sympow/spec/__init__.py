@@ -34,8 +34,7 @@ def resolve_form(request: Request) -> str:
 
 def run(request: Request, form: str, executor: Executor = REFERENCE) -> tuple[Any, State | None]:
     """(y in the input dtype, final state or None) of ``request`` computed in ``form`` by ``executor``."""
-    if request.sequence_group is not None:
-        y, state = sequence.run(request, form, executor, request.sequence_exchange)
-    else:
-        y, state = FORM_FUNCTIONS[form](prepare(request, executor), request.return_state)
+    if request.sequence_group is not None:  # poisoned there, with the flags of every member
+        return sequence.run(request, form, executor, request.sequence_exchange)
+    y, state = FORM_FUNCTIONS[form](prepare(request, executor), request.return_state)
     return poisoned(request, request.xp.astype(y, request.dtype), state)

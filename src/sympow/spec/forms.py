@@ -288,13 +288,7 @@ def _chunk_by_chunk(
         return (state, new_scale), (product[..., :e], product[..., e], scale)
 
     def query(state: tuple[Any, ...], q_features: list[Any], weight: Any) -> Any:
-        product = xp.matrix_transpose(q_features[0]) @ state[0]
-        for f, s in zip(q_features[1:], state[1:], strict=True):
-            product = product + xp.matrix_transpose(f) @ s
-        if weight is not None:
-            product = xp.reshape(product, (*product.shape[:-1], halves, e + 1))
-            product = xp.sum(product * weight[..., None], axis=-2)
-        return product
+        return _query_blocks(state, q_features, weight, halves, e, xp)
 
     def fixed_step(state: tuple[Any, ...], x: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
         q_u, k_u = x[: len(degrees)], x[len(degrees) : 2 * len(degrees)]
@@ -328,6 +322,55 @@ def _chunk_by_chunk(
     order = xp.asarray(inverse_order(d, kernel.degrees), device=dev)
     final = xp.take(xp.concat(state, axis=-2), order, axis=-2)
     return inter, final, scale
+
+
+def _query_blocks(
+    state: tuple[Any, ...], q_features: list[Any], weight: Any, halves: int, e: int, xp: Any
+) -> Any:
+    """sum_l f_l^T S_l [..., C, H*(e+1)] over the row blocks, each half weighted by the queries' weight
+    [..., C, H] (or None), giving [..., C, e+1]."""
+    product = xp.matrix_transpose(q_features[0]) @ state[0]
+    for f, s in zip(q_features[1:], state[1:], strict=True):
+        product = product + xp.matrix_transpose(f) @ s
+    if weight is not None:
+        product = xp.reshape(product, (*product.shape[:-1], halves, e + 1))
+        product = xp.sum(product * weight[..., None], axis=-2)
+    return product
+
+
+def query_by_chunks(p: Prepared, state: Any, scale: Any) -> tuple[Any, Any, Any]:
+    """The partial (num [B, T, e], den [B, T], m [B, T]) of every query against a state SZ [B, D, H*(e+1)]
+    of log scale [B] that enters before token 0, decayed by the gates up to each query: step 4 of
+    ``steps`` one chunk of queries at a time (one ``p.scan``), so that only one chunk's features exist
+    (memory O(C D), as in the chunked form), in the scores' dtype."""
+    xp, T, e, kernel = p.xp, p.T, p.e, p.kernel
+    size = min(p.chunk_size, T)
+    n = -(-T // size)
+    d = p.q_dir[0].shape[-1]
+    direction = (_chunk(p.q_dir[0], n, size, xp, tail=1), _chunk(p.q_dir[1], n, size, xp, fill=-math.inf))
+    units, constant, lam = scaled_units(kernel, p.state_direction(direction), xp)
+    from_start = _chunk(prefix_sums(p.for_state(_gates(p)), xp), n, size, xp)
+    weight = None if p.query_weight is None else p.for_state(_chunk(p.query_weight, n, size, xp, tail=1))
+    blocks = layout(d, kernel.degrees)
+    rows = tuple(xp.take(state, xp.asarray(block.rows, device=device(state)), axis=-2) for block in blocks)
+    degrees = tuple(units)
+
+    def step(carry: tuple[()], x: tuple[Any, ...]) -> tuple[tuple[()], tuple[Any, ...]]:
+        features = build(blocks, dict(zip(degrees, x[: len(degrees)], strict=True)), x[-2], xp)
+        return carry, (_query_blocks(rows, features, x[-1], p.halves, e, xp),)
+
+    xs = [_leading(xp.matrix_transpose(units[m]), -3, xp) for m in degrees]
+    xs += [None if constant is None else _leading(constant[..., None, :], -3, xp), _leading(weight, -3, xp)]
+    _, (products,) = p.scan(step, (), tuple(xs))
+    product = xp.moveaxis(products, 0, -3)  # [B, n, C, e+1]
+    m = lam + from_start + scale[..., None, None]
+    lead = product.shape[:-3]
+    partial = (
+        xp.reshape(product[..., :e], (*lead, n * size, e))[..., :T, :],
+        xp.reshape(product[..., e], (*lead, n * size))[..., :T],
+        xp.reshape(m, (*lead, n * size))[..., :T],
+    )
+    return p.back(partial)
 
 
 FIXED_SPREAD = 20.0  # nats: the widest spread of chunk scales that one reference holds without loss

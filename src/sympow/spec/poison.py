@@ -57,23 +57,41 @@ def _state_flag(state: State, xp: Any, dtype: Any) -> Any:
     return flag
 
 
-def poisoned(request: Request, y: Any, state: State | None) -> tuple[Any, State | None]:
-    """(y, state) with NaN added where a forbidden value takes part (module doc); unchanged when
-    ``validate`` could read the values (``request.values_checked``)."""
-    if request.values_checked:
-        return y, state
+def _row_flags(request: Request, dtype: Any) -> Any:
+    """[B, T]: the 0/NaN flag of every output row (module doc)."""
     xp, batch, T = request.xp, request.batch_shape, request.T
-    dtype = y.dtype
     own, causal = _token_flags(request, dtype)
     rows = xp.broadcast_to(own, (*batch, T)) + xp.cumulative_sum(
         xp.broadcast_to(causal, (*batch, T)), axis=-1
     )
     if request.initial_state is not None:
         rows = rows + xp.broadcast_to(_state_flag(request.initial_state, xp, dtype), batch)[..., None]
+    return rows
+
+
+def call_flag(request: Request, dtype: Any) -> Any:
+    """[B]: NaN where a forbidden value takes part anywhere in the call (what a sequence group's members
+    exchange, so that a forbidden value on one member reaches the rows after it on the others)."""
+    return request.xp.sum(_row_flags(request, dtype), axis=-1)
+
+
+def poisoned(
+    request: Request, y: Any, state: State | None, before: Any = None, whole: Any = None
+) -> tuple[Any, State | None]:
+    """(y, state) with NaN added where a forbidden value takes part (module doc); unchanged when
+    ``validate`` could read the values (``request.values_checked``). A member of a sequence group passes
+    ``before`` [B], the flag of the members before it (added to every row), and ``whole`` [B], that of
+    the whole sequence (for the State)."""
+    if request.values_checked:
+        return y, state
+    xp = request.xp
+    rows = _row_flags(request, y.dtype)
+    if before is not None:
+        rows = rows + xp.astype(before, y.dtype)[..., None]
     y = y + rows[..., None]
     if state is None:
         return y, None
-    whole = xp.sum(rows, axis=-1)  # NaN if any row is
+    whole = xp.sum(rows, axis=-1) if whole is None else whole  # NaN if any row is
 
     def spoil(x: Any, trailing: int) -> Any:
         if x is None:

@@ -15,7 +15,7 @@ Two exchanges compute the scan (``checks.EXCHANGES``); n = D'(e+1) + 2 numbers p
 (S and z, G and M):
 
 - "allgather": one all-gather of every member's element, then the combine, locally: each member receives
-  P n numbers.
+  (P - 1) n numbers from the others.
 - "scan": the Hillis-Steele inclusive scan, ceil(log2 P) steps of pairwise exchanges (member r receives
   from r - 2^k), then one shift by a member for the exclusive scan and, when the final state is asked
   for, one broadcast of the last member's inclusive scan: (ceil(log2 P) + 1 + [return_state]) n numbers.
@@ -43,7 +43,8 @@ from array_api_compat import device
 
 from .checks import Request
 from .executor import Executor
-from .forms import FORMS, query_rows
+from .forms import FORMS, query_by_chunks
+from .poison import call_flag, poisoned
 from .prepare import pack_state, prepare
 from .rotary import accumulate_angles, has_float64
 from .state import State
@@ -161,7 +162,8 @@ def _identity(like: Element, xp: Any) -> Element:
 def exchange_allgather(own: Element, group: Group, xp: Any) -> tuple[Element, Element]:
     """(exclusive scan at this member, the total): every member's element gathered, combined locally."""
     gathered = group.all_gather(own.flat(xp))  # [P, B, n]
-    total = entering = _identity(own, xp)
+    # from the gathered elements only, so that the total is typed alike on every member (JAX's vma)
+    total = entering = _identity(own.like(gathered[0], xp), xp)
     for member in range(group.size):
         entering = _select(group.rank == member, total, entering, xp)
         total = combine(total, own.like(gathered[member], xp), xp)
@@ -219,12 +221,15 @@ def model_bytes(
     return_state: bool,
     rotary_numbers: int = 0,
     angle_itemsize: int = 8,
+    traced: bool = False,
 ) -> int:
     """Bytes a receiving member gets: (P - 1) elements for the all-gather, one per shift or broadcast for
-    the scan; plus (P - 1) rotary totals of ``rotary_numbers`` angles (batch x d/2) when rotary is used."""
+    the scan; plus (P - 1) rotary totals of ``rotary_numbers`` angles (batch x d/2) when rotary is used;
+    plus, where the values cannot be read (``traced``: under jax.jit, always on the jax backend), the
+    (P - 1) batch float32 flags of forbidden values (``poison``)."""
     element = element_bytes(batch, feature_size, e, itemsize)
     state = (P - 1) * element if exchange == "allgather" else collectives(P, exchange, return_state) * element
-    return state + (P - 1) * rotary_numbers * angle_itemsize
+    return state + (P - 1) * (rotary_numbers * angle_itemsize + traced * batch * 4)
 
 
 def model_seconds(P: int, exchange: str, element: int, return_state: bool) -> float:
@@ -240,7 +245,7 @@ def request_bytes(request: Request, P: int, exchange: str) -> int:
     rotary = batch * (request.d // 2) if request.uses_rotary else 0
     return model_bytes(
         P, exchange, batch, request.feature_size, request.e, 8 if request.state_dtype == "float64" else 4,
-        request.return_state, rotary, 8 if has_float64(request.xp) else 4,
+        request.return_state, rotary, 8 if has_float64(request.xp) else 4, not request.values_checked,
     )  # fmt: skip
 
 
@@ -265,7 +270,7 @@ def entering_angle(request: Request, group: Group) -> tuple[Any, Any]:
     )
     _, local_total = accumulate_angles(increments, None, xp)
     totals = group.all_gather(local_total)  # [P, B, d/2]
-    running = xp.zeros_like(local_total)
+    running = xp.zeros_like(totals[0])  # from the gathered totals: typed alike on every member
     if state is not None and state.mu is not None:
         running = xp.astype(xp.broadcast_to(state.mu, (*batch, half)), local_total.dtype)
     entering = running
@@ -278,6 +283,16 @@ def entering_angle(request: Request, group: Group) -> tuple[Any, Any]:
 def _wrap(angle: Any, xp: Any) -> Any:
     two_pi = 2 * math.pi
     return angle - two_pi * xp.round(angle / two_pi)
+
+
+SIGNATURE_LENGTH = 17  # the fields of ``signature``
+REFUSED = -1  # every entry of the signature of a member whose own call was refused (fields are >= 0)
+
+
+def refuse(group: Group) -> None:
+    """Take part in the members' check (``check_members``) as a member whose own inputs were refused, so
+    that the others raise too instead of waiting for it in the exchange."""
+    group.signatures([REFUSED] * SIGNATURE_LENGTH)
 
 
 def signature(request: Request) -> dict[str, int]:
@@ -321,6 +336,12 @@ def check_members(request: Request, group: Group) -> None:
     everyone = group.signatures(list(fields.values()))
     if everyone is None:
         return
+    refused = [member for member, entries in enumerate(everyone) if entries[0] == REFUSED]
+    if refused:
+        raise ValueError(
+            f"sequence_group members {refused} refused their own inputs (their error says why), so no "
+            "member computes"
+        )
     readable = {"d", "e", "normalize", "return_state"} | {name for name in fields if name.endswith("given")}
     differing = [
         name + (f" (by member: {[s[i] for s in everyone]})" if name in readable else "")
@@ -357,13 +378,24 @@ def run(request: Request, form: str, executor: Executor, exchange: str) -> tuple
         start = xp.broadcast_to(xp.astype(state.log_scale, p.state_dtype), G.shape)
         S0 = xp.broadcast_to(xp.astype(state.S, p.state_dtype), own.S.shape)
         z0 = xp.broadcast_to(xp.astype(state.z, p.state_dtype), own.z.shape)
-        first = Element(xp.zeros_like(G), start, S0, z0)
+        first = Element(xp.zeros_like(start), start, S0, z0)
         entering = combine(first, entering, xp)
         total = None if total is None else combine(first, total, xp)
     packed, scale = pack_state(State(entering.S, entering.z, None, entering.M), request, p.state_dtype)
-    y = finish(merge(partial, query_rows(p, packed, scale, 0, p.T), xp), p.normalize, p.eps, xp)
-    if not request.return_state:
-        return y, None
-    if exchange == "scan":  # y reads the broadcast total, so that every member runs its backward
-        y = y + xp.astype(0 * (xp.sum(total.S) + xp.sum(total.z)), y.dtype)
-    return y, request.state_class(S=total.S, z=total.z, mu=final_angle, log_scale=total.M)
+    y = finish(merge(partial, query_by_chunks(p, packed, scale), xp), p.normalize, p.eps, xp)
+    final = None
+    if request.return_state:
+        final = request.state_class(S=total.S, z=total.z, mu=final_angle, log_scale=total.M)
+        if exchange == "scan":  # y reads the broadcast total, so that every member runs its backward
+            y = y + xp.astype(0 * (xp.sum(total.S) + xp.sum(total.z)), y.dtype)
+    y = xp.astype(y, request.dtype)
+    if request.values_checked:
+        return y, final
+    flags = group.all_gather(
+        call_flag(request, xp.float32)
+    )  # [P, B]: 0, or NaN on a member with a forbidden value
+    before = whole = xp.zeros_like(flags[0])
+    for member in range(group.size):
+        before = _where(group.rank == member, whole, before, xp)
+        whole = whole + flags[member]
+    return poisoned(request, y, final, before, whole)
