@@ -72,6 +72,20 @@ def run(case, x, weight, rank, P):
     return result
 
 
+def variant(x, rank: int, P: int) -> float:
+    """conformal_sympow (gates and rotary from logits) split over the group, against the whole call."""
+    lo, hi = CUTS[P][rank], CUTS[P][rank + 1]
+    q, k, v = (torch.tensor(x[n][:, PREFIX:]) for n in ("q", "k", "v"))
+    u, r = torch.tensor(x["a"][:, PREFIX:]), torch.tensor(x["b"][:, PREFIX:])
+    options = dict(max_length=64, chunk_size=3, form="chunked", return_state=True)
+    whole, _ = sympow.conformal_sympow(q, k, v, gate_logits=u, rotary_logits=r, **options)
+    part, _ = sympow.conformal_sympow(
+        q[:, lo:hi], k[:, lo:hi], v[:, lo:hi], gate_logits=u[:, lo:hi], rotary_logits=r[:, lo:hi],
+        sequence_group=dist.group.WORLD, **options,
+    )  # fmt: skip
+    return relative(part, whole[:, lo:hi].numpy())
+
+
 def refusals(rank: int) -> list[str]:
     """The bad calls: a slice whose d disagrees across members, an initial state that differs, a NaN in
     the last member's slice only (which that member refuses, and the others with it)."""
@@ -109,9 +123,11 @@ def worker(rank: int, P: int, rendezvous: str, out: str, wanted: list[str]) -> N
                             timeout=datetime.timedelta(seconds=60))  # fmt: skip
     x, weight = inputs(), torch.tensor(output_weights())
     results = {case.id: run(case, x, weight, rank, P) for case in CASES if not wanted or case.id in wanted}
+    results["variant"] = variant(x, rank, P)
     if P > 1:
         results["refusals"] = refusals(rank)
     Path(out, f"rank{rank}.json").write_text(json.dumps(results))
+    dist.barrier()  # no member tears its group down while another still talks to it
     dist.destroy_process_group()
 
 
