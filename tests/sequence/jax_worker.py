@@ -91,7 +91,7 @@ def run(case, x, weight):
     return result
 
 
-def poison(x) -> dict[str, bool]:
+def poison(x, exchange: str) -> dict[str, bool]:
     """Under jit the values cannot be read: a NaN in k at the last token of member 0's slice makes NaN
     every row from it on, on every member, and the final State, while the rows before it stay finite."""
     case = CASES[0]
@@ -100,7 +100,7 @@ def poison(x) -> dict[str, bool]:
     args[1] = args[1].at[:, cut, 0].set(jnp.nan)
 
     def member(*a):
-        return attend(list(a), None, case, sequence_group="seq")
+        return attend(list(a), None, case, sequence_group="seq", sequence_exchange=exchange)
 
     split = jax.jit(jax.shard_map(member, mesh=MESH, in_specs=SPECS, out_specs=(TOKENS, Spec())))
     with jax.set_mesh(MESH):
@@ -119,7 +119,7 @@ def main() -> None:
     x, weight = inputs(), jnp.asarray(output_weights())
     results = {case.id: run(case, x, weight) for case in CASES if not wanted or case.id in wanted}
     if P > 1:
-        results["poison"] = poison(x)
+        results["poison"] = {exchange: poison(x, exchange) for exchange in ("allgather", "scan")}
     print(json.dumps(results))
 
 

@@ -20,6 +20,8 @@ from ..spec.sequence import count
 class AxisGroup:
     """The members along the mesh axis ``name``: size P = the axis size, rank = ``lax.axis_index``."""
 
+    eager_backward = False  # one traced program: its transposed collectives are in one order already
+
     def __init__(self, name: str) -> None:
         try:
             self.size = lax.axis_size(name)

@@ -20,6 +20,8 @@ from ..spec.sequence import count
 class ProcessGroup:
     """The members of ``group`` (a ``torch.distributed.ProcessGroup``): size P and this process's rank."""
 
+    eager_backward = True  # each process runs its own autograd: see ``spec.sequence.exchange_scan``
+
     def __init__(self, group: Any) -> None:
         self.group = group
         self.size = dist.get_world_size(group)

@@ -85,7 +85,9 @@ class Group(Protocol):
     """The collectives of one sequence group, each differentiable in its array argument.
 
     signatures(signature) -> every member's list of ints (the same length on each), or None where the
-    engine makes members agree by construction (a JAX mesh axis).
+    engine makes members agree by construction (a JAX mesh axis). eager_backward: True where each member
+    runs its own backward pass (torch autograd), whose collectives must then be reached in one order on
+    every member whatever its loss; False for one traced program (JAX).
     size: P (a Python int). rank: this member's index, an int or a 0-d integer array (JAX traces it).
     all_gather(x) -> [P, *x.shape], member l's x at l. shift(x, s) -> member r - s's x on member r, zeros
     on members r < s. last(x) -> member P - 1's x on every member.
@@ -93,6 +95,7 @@ class Group(Protocol):
 
     size: int
     rank: Any
+    eager_backward: bool
 
     def signatures(self, signature: list[int]) -> list[list[int]] | None: ...
 
@@ -180,10 +183,10 @@ def exchange_scan(own: Element, group: Group, xp: Any, want_total: bool) -> tupl
     entering = _received(inclusive, group, 1, xp)
     if not want_total:
         return entering, None
-    # the broadcast reads the exclusive scan (by 0 times its finite sums), so that its backward runs
-    # before the shift's on every member, whatever each member's loss (collectives in one order)
-    after = 0 * (xp.sum(entering.S) + xp.sum(entering.z))
-    return entering, inclusive.like(group.last(inclusive.flat(xp) + after), xp)
+    flat = inclusive.flat(xp)
+    if group.eager_backward:  # the broadcast reads the exclusive scan (by 0 times its sums), so that its
+        flat = flat + 0 * (xp.sum(entering.S) + xp.sum(entering.z))  # backward runs before the shift's
+    return entering, inclusive.like(group.last(flat), xp)
 
 
 def _received(element: Element, group: Group, step: int, xp: Any) -> Element:
@@ -386,7 +389,9 @@ def run(request: Request, form: str, executor: Executor, exchange: str) -> tuple
     final = None
     if request.return_state:
         final = request.state_class(S=total.S, z=total.z, mu=final_angle, log_scale=total.M)
-        if exchange == "scan":  # y reads the broadcast total, so that every member runs its backward
+        if (
+            exchange == "scan" and group.eager_backward
+        ):  # y reads the broadcast total: every member runs its backward
             y = y + xp.astype(0 * (xp.sum(total.S) + xp.sum(total.z)), y.dtype)
     y = xp.astype(y, request.dtype)
     if request.values_checked:
