@@ -46,7 +46,7 @@ from .executor import Executor
 from .forms import FORMS, query_by_chunks
 from .poison import call_flag, poisoned
 from .prepare import pack_state, prepare
-from .rotary import accumulate_angles, has_float64
+from .rotary import _wrap, accumulate_angles, has_float64
 from .state import State
 from .steps import finish, finite_or_zero, merge
 
@@ -242,16 +242,6 @@ def model_seconds(P: int, exchange: str, element: int, return_state: bool) -> fl
     return collectives(P, exchange, return_state) * (LATENCY + element / BANDWIDTH)
 
 
-def request_bytes(request: Request, P: int, exchange: str) -> int:
-    """``model_bytes`` of a request on a group of P members."""
-    batch = math.prod(request.batch_shape)
-    rotary = batch * (request.d // 2) if request.uses_rotary else 0
-    return model_bytes(
-        P, exchange, batch, request.feature_size, request.e, 8 if request.state_dtype == "float64" else 4,
-        request.return_state, rotary, 8 if has_float64(request.xp) else 4, not request.values_checked,
-    )  # fmt: skip
-
-
 def choose_exchange(request: Request, P: int) -> str:
     """'allgather' or 'scan', whichever ``model_seconds`` says is faster (allgather on a tie)."""
     batch = math.prod(request.batch_shape)
@@ -281,11 +271,6 @@ def entering_angle(request: Request, group: Group) -> tuple[Any, Any]:
         entering = _where(group.rank == member, running, entering, xp)
         running = _wrap(running + totals[member], xp)
     return entering, running
-
-
-def _wrap(angle: Any, xp: Any) -> Any:
-    two_pi = 2 * math.pi
-    return angle - two_pi * xp.round(angle / two_pi)
 
 
 SIGNATURE_LENGTH = 17  # the fields of ``signature``
