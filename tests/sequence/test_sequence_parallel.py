@@ -41,11 +41,12 @@ def _worker(module: str, *args: str, timeout: int) -> subprocess.CompletedProces
 
 def assert_case(case_id: str, result: dict, where: str) -> None:
     case = next(c for c in CASES if c.id == case_id)
-    bound = 1e-10 if case.dtype == "float64" and case.state_dtype is None else tolerance(case.dtype)
+    bound = tolerance(case.dtype)  # float64: 1e-10, the one-device equality the issue asks for
     for key in ("y", "state", "grad"):
         if key in result:
             assert result[key] <= bound, f"{where} {case_id}: {key} differs by {result[key]:.2e} > {bound}"
-    assert result["mu"] <= 1e-10, f"{where} {case_id}: the final angle differs by {result['mu']:.2e}"
+    angle_error = result["mu"]
+    assert angle_error <= tolerance("float64"), f"{where} {case_id}: final angle off by {angle_error:.2e}"
     if result["model_bytes"] is not None:
         assert result["bytes"] == result["model_bytes"], f"{where} {case_id}: bytes {result} != cost model"
     assert case.gradients == ("grad" in result)
@@ -74,7 +75,7 @@ def test_torch_gloo(P, tmp_path):
     for rank in range(P):
         results = json.loads((tmp_path / f"rank{rank}.json").read_text())
         messages = results.pop("refusals", None)
-        assert results.pop("variant") <= 1e-10  # a named variant passes sequence_group through
+        assert results.pop("variant") <= tolerance("float64")  # a named variant passes sequence_group through
         assert set(results) == set(wanted or [c.id for c in CASES])
         for case_id, result in results.items():
             assert_case(case_id, result, f"torch P={P} rank {rank}")
