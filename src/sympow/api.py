@@ -30,6 +30,7 @@ def attention(
     state_dtype: str | None = None,
     sequence_group: Any = None,
     sequence_exchange: str = "auto",
+    cu_seqlens: Any = None,
 ) -> Any:
     r"""Causal symmetric-power attention and its relatives (docs: math.md).
 
@@ -75,6 +76,14 @@ def attention(
     or "auto" (the cost model of ``sympow.spec.sequence``). Differentiable through both, on every
     member; torch members whose shapes, options or initial states disagree all raise a ValueError.
 
+    ``cu_seqlens`` packs N sequences along T (math.md 10): integer offsets 0 = o_0 <= o_1 <= ... <=
+    o_N = T (a 1-D integer array of q's library, or a Python sequence of ints; empty sequences allowed).
+    The result equals N separate calls on the slices [o_n, o_{n+1}): gates, rotary angles and the state
+    restart at every boundary, and every leading batch axis shares the offsets. ``initial_state`` and
+    the returned State then carry a leading axis of N, one state per sequence. Every form computes it
+    in one pass over T (the sequences share blocks and chunks); an initial state or a returned State
+    adds O((T + N C) D' e) work (``sympow.spec.packed``). Not with ``sequence_group``.
+
     Raises ValueError or TypeError, naming the argument, on bad input, before computing anything: every
     array argument (q, k, v, log_gate, proportions, rotary, each field of initial_state) must be a dense
     array of the standard of q's library and device, holding values (no torch ``meta`` tensor, sparse
@@ -87,7 +96,7 @@ def attention(
             proportions=proportions, rotary=rotary, rotary_layout=rotary_layout, normalize=normalize,
             eps=eps, form=form, chunk_size=chunk_size, initial_state=initial_state,
             return_state=return_state, state_dtype=state_dtype, sequence_group=sequence_group,
-            sequence_exchange=sequence_exchange,
+            sequence_exchange=sequence_exchange, cu_seqlens=cu_seqlens,
         )  # fmt: skip
         _, implementation = backends.select(request, backend)
     except (ValueError, TypeError):

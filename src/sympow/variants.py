@@ -156,6 +156,7 @@ def conformal_sympow(
     state_dtype: str | None = None,
     sequence_group: Any = None,
     sequence_exchange: str = "auto",
+    cu_seqlens: Any = None,
 ) -> Any:
     r"""Conformal symmetric-power attention: sympow p with data-dependent gates and rotary.
 
@@ -199,7 +200,7 @@ def conformal_sympow(
         q, k, v, kernel="sympow", power=power, scale=scale, log_gate=log_gate, rotary=increments,
         rotary_layout=rotary_layout, normalize=normalize, eps=eps, form=form, chunk_size=chunk_size,
         initial_state=initial_state, return_state=return_state, backend=backend, state_dtype=state_dtype,
-        sequence_group=sequence_group, sequence_exchange=sequence_exchange,
+        sequence_group=sequence_group, sequence_exchange=sequence_exchange, cu_seqlens=cu_seqlens,
     )  # fmt: skip
 
 
@@ -266,6 +267,7 @@ def leapformer(
     state_dtype: str | None = None,
     sequence_group: Any = None,
     sequence_exchange: str = "auto",
+    cu_seqlens: Any = None,
 ) -> Any:
     r"""LeaPformer: relu linear attention re-weighted by learned proportions (math.md section 2).
 
@@ -318,7 +320,7 @@ def leapformer(
     options = dict(
         kernel="relu", scale=scale, proportions=proportions, form=form, chunk_size=chunk_size,
         initial_state=initial_state, return_state=return_state, backend=backend, state_dtype=state_dtype,
-        sequence_group=sequence_group, sequence_exchange=sequence_exchange,
+        sequence_group=sequence_group, sequence_exchange=sequence_exchange, cu_seqlens=cu_seqlens,
     )  # fmt: skip
     if denominator_floor is None:
         return attention(q, k, v, normalize=normalize, eps=eps, **options)
@@ -351,6 +353,7 @@ def rebased(
     state_dtype: str | None = None,
     sequence_group: Any = None,
     sequence_exchange: str = "auto",
+    cu_seqlens: Any = None,
 ) -> Any:
     r"""ReBased: sympow p = 2 on affinely layer-normed q and k (math.md section 1).
 
@@ -385,6 +388,7 @@ def rebased(
         q_hat, k_hat, v, kernel="sympow", power=2, normalize=normalize, eps=eps, form=form,
         chunk_size=chunk_size, initial_state=initial_state, return_state=return_state, backend=backend,
         state_dtype=state_dtype, sequence_group=sequence_group, sequence_exchange=sequence_exchange,
+        cu_seqlens=cu_seqlens,
     )  # fmt: skip
 
 
@@ -403,6 +407,7 @@ def based(
     state_dtype: str | None = None,
     sequence_group: Any = None,
     sequence_exchange: str = "auto",
+    cu_seqlens: Any = None,
 ) -> Any:
     r"""Based: the second-order Taylor kernel (math.md section 1).
 
@@ -417,7 +422,7 @@ def based(
     return attention(
         q, k, v, kernel="taylor", power=2, normalize=normalize, eps=eps, form=form, chunk_size=chunk_size,
         initial_state=initial_state, return_state=return_state, backend=backend, state_dtype=state_dtype,
-        sequence_group=sequence_group, sequence_exchange=sequence_exchange,
+        sequence_group=sequence_group, sequence_exchange=sequence_exchange, cu_seqlens=cu_seqlens,
     )  # fmt: skip
 
 

@@ -42,6 +42,8 @@ def _dtype_name(request: Request) -> str:
 
 def supports(request: Request) -> str | None:
     """None if the kernels cover ``request``, else the reason (the module doc lists the coverage)."""
+    if request.cu_seqlens is not None:
+        return "packed sequences (cu_seqlens) are not covered by the CuPy kernels"
     kernel = request.kernel
     if kernel.name == "identity":
         power = 1

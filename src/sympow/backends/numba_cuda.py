@@ -66,6 +66,8 @@ def _library_refusal(request: Request) -> str | None:
 
 def supports(request: Request) -> str | None:
     """None if the kernels compute ``request``, else why not (see the module doc for the coverage)."""
+    if request.cu_seqlens is not None:
+        return "packed sequences (cu_seqlens) are not covered by the numba kernels"
     reason = _library_refusal(request)
     if reason is not None:
         return reason

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import sequence
+from . import packed, sequence
 from .checks import FORMS, Request, validate
 from .executor import REFERENCE, Executor
 from .forms import FORMS as FORM_FUNCTIONS
-from .forms import choose_form
+from .forms import choose_form, choose_packed_form
 from .kernel import KERNELS, Kernel, make_kernel
 from .poison import poisoned
 from .prepare import prepare
@@ -26,9 +26,16 @@ __all__ = [
 
 
 def resolve_form(request: Request) -> str:
-    """The request's form, with 'auto' resolved by the FLOP model."""
+    """The request's form, with 'auto' resolved by the FLOP model (for packed sequences whose offsets can
+    be read, by the cost of the blocks the parallel form builds for them)."""
     if request.form != "auto":
         return request.form
+    if request.cu_seqlens is not None:
+        starts = packed.segments(request.cu_seqlens, request.T, request.xp).readable_starts()
+        if starts is not None:
+            return choose_packed_form(
+                starts, request.T, request.d, request.e, request.feature_size, request.chunk_size
+            )
     return choose_form(request.T, request.d, request.e, request.feature_size, request.chunk_size)
 
 
@@ -36,5 +43,8 @@ def run(request: Request, form: str, executor: Executor = REFERENCE) -> tuple[An
     """(y in the input dtype, final state or None) of ``request`` computed in ``form`` by ``executor``."""
     if request.sequence_group is not None:  # poisoned there, with the flags of every member
         return sequence.run(request, form, executor, request.sequence_exchange)
-    y, state = FORM_FUNCTIONS[form](prepare(request, executor), request.return_state)
+    if request.cu_seqlens is not None:
+        y, state = packed.run(request, form, executor)
+    else:
+        y, state = FORM_FUNCTIONS[form](prepare(request, executor), request.return_state)
     return poisoned(request, request.xp.astype(y, request.dtype), state)

@@ -79,6 +79,7 @@ class Request:
     values_checked: bool = True  # False where the values could not be read (``poison``)
     sequence_group: Any = None  # a JAX mesh axis name or a torch.distributed ProcessGroup (``sequence``)
     sequence_exchange: str = "auto"
+    cu_seqlens: Any = None  # packed sequences: offsets [N + 1], int64 on q's device (``packed``)
 
     @property
     def dtype(self) -> Any:
@@ -108,7 +109,12 @@ class Request:
     def library(self) -> str:
         return _library(self.xp)
 
-    ARRAYS = ("q", "k", "v", "log_gate", "proportions", "rotary", "initial_state")
+    @property
+    def sequences(self) -> int | None:
+        """N, the number of packed sequences, or None when not packed."""
+        return None if self.cu_seqlens is None else self.cu_seqlens.shape[0] - 1
+
+    ARRAYS = ("q", "k", "v", "log_gate", "proportions", "rotary", "initial_state", "cu_seqlens")
 
     def arrays(self) -> dict[str, Any]:
         """The array arguments (a pytree: dict of arrays, a pair, a State, or None)."""
@@ -382,6 +388,7 @@ def validate(
     state_dtype: str | None = None,
     sequence_group: Any = None,
     sequence_exchange: str = "auto",
+    cu_seqlens: Any = None,
 ) -> Request:
     """Check every argument of ``attention`` (api.md) and return the ``Request``; see the module doc."""
     xp = _namespace("q", q)
@@ -427,6 +434,14 @@ def validate(
     _check_sequence_group(sequence_group)
     sequence_exchange = _check_choice("sequence_exchange", sequence_exchange, EXCHANGES)
 
+    if cu_seqlens is not None:
+        cu_seqlens = _check_cu_seqlens(cu_seqlens, xp, dev, T)
+        if sequence_group is not None:
+            raise ValueError(
+                "cu_seqlens and sequence_group cannot be combined: packed sequences split over a "
+                "sequence group are not implemented; got both"
+            )
+    sequences = None if cu_seqlens is None else cu_seqlens.shape[0] - 1
     leading = {"q": _shape(q)[:-2], "k": _shape(k)[:-2], "v": _shape(v)[:-2]}
     if log_gate is not None:
         _check_array("log_gate", log_gate, xp, dev, 1)
@@ -450,8 +465,12 @@ def validate(
             raise ValueError(f"rotary must have shape [..., T={T}, d/2={d // 2}], got {_shape(rotary)}")
         leading["rotary"] = _shape(rotary)[:-2]
     if initial_state is not None:
-        _check_state(initial_state, xp, dev, the_kernel, d, e, 1 if proportions is None else 2, leading)
+        _check_state(
+            initial_state, xp, dev, the_kernel, d, e, 1 if proportions is None else 2, leading, sequences
+        )
     batch_shape = broadcast_shapes(leading)
+    if sequences is not None and initial_state is not None:
+        initial_state = _per_sequence_axes(initial_state, len(batch_shape))
     _check_feature_budget(
         feature_size, described, d, e, T, batch_shape, form, chunk_size,
         return_state or initial_state is not None,
@@ -473,7 +492,9 @@ def validate(
         _check_finite("rotary", rotary, xp)
     if initial_state is not None:
         _check_state_values(initial_state, xp)
-    arrays = (q, k, v, log_gate, rotary, *(proportions or ()), *(initial_state or ()))
+    if cu_seqlens is not None:
+        _check_offset_values(cu_seqlens, T, xp)
+    arrays = (q, k, v, log_gate, rotary, cu_seqlens, *(proportions or ()), *(initial_state or ()))
     values_checked = all(is_concrete(x) for x in arrays if x is not None)
 
     return Request(
@@ -483,7 +504,78 @@ def validate(
         return_state=return_state, batch_shape=batch_shape, T=T, d=d, e=e, state_dtype=state_dtype,
         values_checked=values_checked, sequence_group=sequence_group, sequence_exchange=sequence_exchange,
         state_class=state_type(Producer(the_kernel, 1 if proportions is None else 2)),
+        cu_seqlens=cu_seqlens,
     )  # fmt: skip
+
+
+def _check_cu_seqlens(offsets: Any, xp: Any, dev: Any, T: int) -> Any:
+    """The offsets of packed sequences (math.md 10) as an int64 array [N + 1] on q's device: a 1-D
+    integer array of q's library or a Python sequence of ints, of at least 2 entries. Their values are
+    checked by ``_check_offset_values``."""
+    if isinstance(offsets, (list, tuple, range)):
+        if not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets):
+            kinds = sorted({type(o).__name__ for o in offsets})
+            raise TypeError(f"cu_seqlens must hold ints (offsets along T), got entries of type {kinds}")
+        offsets = xp.asarray(list(offsets), dtype=xp.int64, device=dev)
+    else:
+        its_xp = _namespace("cu_seqlens", offsets)
+        if _library(its_xp) != _library(xp):
+            raise TypeError(
+                f"cu_seqlens is a {_library(its_xp)} array but q is a {_library(xp)} array; expected an "
+                "array of q's library or a Python sequence of ints"
+            )
+        if not xp.isdtype(offsets.dtype, "integral"):
+            raise TypeError(f"cu_seqlens must have an integer dtype (offsets along T), got {offsets.dtype}")
+        if device(offsets) != dev and None not in (device(offsets), dev):
+            raise ValueError(
+                f"cu_seqlens is on device {device(offsets)} but q is on {dev}; expected one device"
+            )
+    if offsets.ndim != 1:
+        raise ValueError(f"cu_seqlens must be 1-D (N + 1 offsets), got shape {_shape(offsets)}")
+    if offsets.shape[0] < 2:
+        raise ValueError(
+            f"cu_seqlens must hold at least 2 offsets (0 and T = {T}), got shape {_shape(offsets)}"
+        )
+    return xp.astype(offsets, xp.int64)
+
+
+def forbidden_offsets(offsets: Any, T: int, xp: Any) -> Any:
+    """True (a 0-d array) unless 0 = o_0 <= o_1 <= ... <= o_N = T."""
+    steps = offsets[1:] - offsets[:-1]
+    return (offsets[0] != 0) | (offsets[-1] != T) | xp.any(steps < 0)
+
+
+def _check_offset_values(offsets: Any, T: int, xp: Any) -> None:
+    if not is_concrete(offsets):
+        return
+    first, last = int(offsets[0]), int(offsets[-1])
+    if first != 0:
+        raise ValueError(f"cu_seqlens must start at 0, got {first}")
+    if last != T:
+        raise ValueError(f"cu_seqlens must end at T = {T} (the tokens of q), got {last}")
+    steps = offsets[1:] - offsets[:-1]
+    if bool(xp.any(steps < 0)):
+        where = int(xp.argmax(xp.astype(steps < 0, xp.int32)))
+        raise ValueError(
+            f"cu_seqlens must be non-decreasing, got {int(offsets[where])} followed by "
+            f"{int(offsets[where + 1])} at index {where}"
+        )
+
+
+def _per_sequence_axes(state: State, ndim: int) -> State:
+    """A packed initial State with unit axes inserted after its sequence axis, so that its batch axes
+    line up with the call's ``ndim`` of them: [N, *b, *tail] -> [N, 1, .., 1, *b, *tail]."""
+    tails = {"S": 2, "z": 1, "mu": 1, "log_scale": 0}
+    fields = {}
+    for field, tail in tails.items():
+        x = getattr(state, field)
+        if x is None:
+            continue
+        missing = ndim - (x.ndim - 1 - tail)
+        if missing > 0:
+            x = array_namespace(x).reshape(x, (x.shape[0], *(1,) * missing, *x.shape[1:]))
+        fields[field] = x
+    return state._replace(**fields)
 
 
 def _check_sequence_group(group: Any) -> None:
@@ -532,8 +624,9 @@ def _check_state_values(state: State, xp: Any) -> None:
 
 
 def _check_state(
-    state: Any, xp: Any, dev: Any, kernel: Kernel, d: int, e: int, halves: int, leading: dict
-) -> None:
+    state: Any, xp: Any, dev: Any, kernel: Kernel, d: int, e: int, halves: int, leading: dict,
+    sequences: int | None = None,
+) -> None:  # fmt: skip
     if not isinstance(state, State):
         raise TypeError(f"initial_state must be a sympow.State, got {type(state).__name__}")
     expected = Producer(kernel, halves)
@@ -557,4 +650,12 @@ def _check_state(
                 f"{name} must have shape [..., {', '.join(map(str, tail))}] for kernel "
                 f"{kernel.name!r} with d = {d}, e = {e} and {halves} half(s), got {_shape(x)}"
             )
-        leading[name] = _shape(x)[: x.ndim - len(tail)]
+        lead = _shape(x)[: x.ndim - len(tail)]
+        if sequences is not None:  # packed: one state per sequence, along a leading axis
+            if not lead or lead[0] != sequences:
+                raise ValueError(
+                    f"{name} must have a leading axis of N = {sequences} entries, one per sequence of "
+                    f"cu_seqlens (N + 1 = {sequences + 1} offsets), got shape {_shape(x)}"
+                )
+            lead = lead[1:]
+        leading[name] = lead

@@ -21,6 +21,7 @@ C (d+e) + 4 D' e, so chunked wins once T > 4 D' e / (d+e) + C.
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Any
 
@@ -43,6 +44,7 @@ from .steps import (
 from .weights import causal_mask, prefix_sums, segment_sums, suffix_sums
 
 ROW_BLOCK_ELEMENTS = 1 << 22  # score-matrix entries per batch entry in one block of the parallel form
+PACKED_ROW_BLOCK = 128  # query rows per block of the parallel form on packed sequences
 Result = tuple[Any, State | None]  # (y, or the partial (num, den, m) when not ``finished``; State or None)
 
 
@@ -109,23 +111,57 @@ def _concat_rows(outputs: list[Any], xp: Any) -> Any:
     return xp.concat(outputs, axis=-2)
 
 
+def _key_start(starts: tuple[int, ...] | None, r0: int) -> int:
+    """The first key that a query of row r0 or later can see: 0, or with packed sequences whose offsets
+    can be read (``Prepared.starts``), the start of the sequence holding token r0 (keys before it lie
+    behind a boundary, where every weight is 0)."""
+    if starts is None:
+        return 0
+    return starts[bisect.bisect_right(starts, r0) - 1]
+
+
+def _row_block(starts: tuple[int, ...] | None, T: int) -> int:
+    """Query rows per block: ``ROW_BLOCK_ELEMENTS`` score entries; with readable packed offsets at most
+    ``PACKED_ROW_BLOCK``, so that each block reaches back only to its own sequences' starts."""
+    if starts is None:
+        return max(1, min(T, ROW_BLOCK_ELEMENTS // T))
+    longest = max(b - a for a, b in zip(starts, (*starts[1:], T), strict=True))
+    return max(1, min(T, PACKED_ROW_BLOCK, ROW_BLOCK_ELEMENTS // max(1, longest)))
+
+
+def choose_packed_form(
+    starts: tuple[int, ...], T: int, d: int, e: int, feature_size: int, chunk_size: int
+) -> str:
+    """The FLOP model of ``choose_form`` for packed sequences whose offsets can be read: the parallel
+    form costs (d + e) per score entry it builds (each row block against the keys from its first
+    sequence's start), the chunked form T (C (d + e) + 4 D' e)."""
+    rows = _row_block(starts, T)
+    entries = sum((min(T, r0 + rows) - r0) * (min(T, r0 + rows) - _key_start(starts, r0))
+                  for r0 in range(0, T, rows))  # fmt: skip
+    chunked = T * (min(chunk_size, T) * (d + e) + 4 * feature_size * e)
+    return "parallel" if entries * (d + e) <= chunked else "chunked"
+
+
 def parallel(p: Prepared, return_state: bool, finished: bool = True) -> Result:
+    """The masked, weighted score matrix in blocks of query rows, each against the keys from
+    ``_key_start`` to its last row."""
     xp, T = p.xp, p.T
     g = _gates(p)
-    rows = max(1, min(T, ROW_BLOCK_ELEMENTS // T))
+    rows = _row_block(p.starts, T)
     outputs = []
     for r0 in range(0, T, rows):
         r1 = min(T, r0 + rows)
+        k0 = _key_start(p.starts, r0)
         log_weight = segment_sums(g[..., r0:r1], xp)
-        if r0 > 0:  # keys before the block: sum_{l=r0..i} g_l + sum_{l=j+1..r0-1} g_l, each direct
+        if r0 > k0:  # keys before the block: sum_{l=r0..i} g_l + sum_{l=j+1..r0-1} g_l, each direct
             into_block = prefix_sums(g[..., r0:r1], xp)
-            before = suffix_sums(g[..., :r0], xp)
+            before = suffix_sums(g[..., k0:r0], xp)
             earlier = into_block[..., :, None] + before[..., None, :]
             log_weight = xp.concat([earlier, log_weight], axis=-1)
-        weight = None if p.a is None else _proportion_matrix(p.a[..., r0:r1], p.b[..., :r1], xp)
+        weight = None if p.a is None else _proportion_matrix(p.a[..., r0:r1], p.b[..., k0:r1], xp)
         query = (p.q_dir[0][..., r0:r1, :], p.q_dir[1][..., r0:r1])
-        key = (p.k_dir[0][..., :r1, :], p.k_dir[1][..., :r1])
-        partial = attend(p.kernel, query, key, p.v[..., :r1, :], log_weight, weight, xp)
+        key = (p.k_dir[0][..., k0:r1, :], p.k_dir[1][..., k0:r1])
+        partial = attend(p.kernel, query, key, p.v[..., k0:r1, :], log_weight, weight, xp)
         if p.resumed:
             partial = merge(partial, query_rows(p, p.initial, p.initial_scale, r0, r1), xp)
         outputs.append(output(partial, p, finished))

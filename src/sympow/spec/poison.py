@@ -8,6 +8,8 @@ wherever a forbidden value takes part, instead of a finite number that means not
     row i of y is NaN  if  q_i, a_i                           is forbidden (the query's own token), or
                            k_j, v_j, rotary_j, log_gate_j, b_j is forbidden for some j <= i, or
                            any field of the initial State is forbidden;
+    packed (``cu_seqlens``): j and the initial State of row i's own sequence only, and every row when
+                           the offsets are not 0 = o_0 <= ... <= o_N = T;
     the final State      is NaN in every field when any of the above holds for some token.
 
 Each flag is 0 or NaN, added to the output, so an allowed input costs one elementwise add and its values
@@ -19,7 +21,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .checks import Request, forbidden_log_gate, forbidden_log_scale, forbidden_proportion
+from .checks import Request, forbidden_log_gate, forbidden_log_scale, forbidden_offsets, forbidden_proportion
+from .packed import segments
+from .rotary import _segmented_scan
 from .state import State
 
 
@@ -61,12 +65,19 @@ def _row_flags(request: Request, dtype: Any) -> Any:
     """[B, T]: the 0/NaN flag of every output row (module doc)."""
     xp, batch, T = request.xp, request.batch_shape, request.T
     own, causal = _token_flags(request, dtype)
-    rows = xp.broadcast_to(own, (*batch, T)) + xp.cumulative_sum(
-        xp.broadcast_to(causal, (*batch, T)), axis=-1
-    )
+    causal = xp.broadcast_to(causal, (*batch, T))
+    if request.cu_seqlens is None:
+        rows = xp.broadcast_to(own, (*batch, T)) + xp.cumulative_sum(causal, axis=-1)
+        if request.initial_state is not None:
+            rows = rows + xp.broadcast_to(_state_flag(request.initial_state, xp, dtype), batch)[..., None]
+        return rows
+    # packed: a forbidden value reaches the later rows of its own sequence only; bad offsets, every row
+    seg = segments(request.cu_seqlens, T, xp)
+    rows = xp.broadcast_to(own, (*batch, T)) + _segmented_scan(causal[..., None], seg.starts, xp)[..., 0]
     if request.initial_state is not None:
-        rows = rows + xp.broadcast_to(_state_flag(request.initial_state, xp, dtype), batch)[..., None]
-    return rows
+        per_sequence = xp.broadcast_to(_state_flag(request.initial_state, xp, dtype), (seg.count, *batch))
+        rows = rows + xp.moveaxis(xp.take(per_sequence, seg.sequence, axis=0), 0, -1)
+    return rows + _flag(forbidden_offsets(request.cu_seqlens, T, xp), xp, dtype)
 
 
 def call_flag(request: Request, dtype: Any) -> Any:

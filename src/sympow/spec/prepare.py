@@ -23,7 +23,7 @@ from .checks import Request
 from .executor import REFERENCE, Executor, Scan
 from .features import log_norm
 from .kernel import Kernel
-from .rotary import accumulate_angles, rotate
+from .rotary import _wrap, accumulate_angles, restarted_angles, rotate
 from .state import State
 
 
@@ -65,6 +65,8 @@ class Prepared:
     state_dtype: Any
     scan: Scan
     state_class: type[State] = State
+    unbroken_g: Any = None  # packed sequences: the log-gates as given (``g`` has -inf at every boundary)
+    starts: tuple[int, ...] | None = None  # packed sequences whose offsets can be read: their distinct starts
 
     @property
     def T(self) -> int:
@@ -107,11 +109,19 @@ def compute_dtype(xp: Any, dtype: Any) -> Any:
 
 
 def prepare(
-    request: Request, executor: Executor = REFERENCE, *, resume: bool = True, angle: Any = None
+    request: Request,
+    executor: Executor = REFERENCE,
+    *,
+    resume: bool = True,
+    angle: Any = None,
+    segments: Any = None,
 ) -> Prepared:
     """The request's inputs for the forms. ``resume=False`` ignores the sums of ``initial_state`` (the
     forms start from an empty state) and ``angle`` [B, d/2], if given, replaces the rotary angle entering
-    token 0: what a member of a sequence group computes its slice from (``sequence``)."""
+    token 0: what a member of a sequence group computes its slice from (``sequence``). ``segments``
+    (``packed.Segments``) packs N sequences: the gates get -inf at every sequence's first token (the
+    given ones are kept as ``unbroken_g``), the rotary angle restarts there from that sequence's entering
+    angle, ``mu_end`` holds each sequence's final angle [N, B, d/2], and the forms start empty."""
     xp = request.xp
     work = compute_dtype(xp, request.dtype)
     batch = request.batch_shape
@@ -124,14 +134,17 @@ def prepare(
     state = request.initial_state
     mu_end = None
     if request.uses_rotary:
-        mu0 = None if state is None or state.mu is None else xp.broadcast_to(state.mu, (*batch, d // 2))
-        mu0 = mu0 if angle is None else angle
         increments = (
             xp.zeros((*batch, T, d // 2), dtype=work, device=request.device)
             if request.rotary is None
             else xp.broadcast_to(request.rotary, (*batch, T, d // 2))
         )
-        mu, mu_end = accumulate_angles(increments, mu0, xp)
+        if segments is None:
+            mu0 = None if state is None or state.mu is None else xp.broadcast_to(state.mu, (*batch, d // 2))
+            mu0 = mu0 if angle is None else angle
+            mu, mu_end = accumulate_angles(increments, mu0, xp)
+        else:
+            mu, mu_end = _packed_angles(increments, state, segments, batch, xp)
         cos, sin = xp.astype(xp.cos(mu), work), xp.astype(xp.sin(mu), work)
         q = rotate(q, cos, sin, request.rotary_layout, xp)
         k = rotate(k, cos, sin, request.rotary_layout, xp)
@@ -139,6 +152,11 @@ def prepare(
         q, k = xp.maximum(q, 0.0), xp.maximum(k, 0.0)
     root_scale = math.sqrt(request.scale)
     g = None if request.log_gate is None else cast(request.log_gate, (T,))
+    unbroken_g = g
+    if segments is not None:  # no key reaches a query across a boundary
+        resume = False
+        g = xp.zeros((*batch, T), dtype=work, device=request.device) if g is None else g
+        g = xp.where(segments.starts, xp.full_like(g, -math.inf), g)
     a = b = query_weight = key_weight = None
     if request.proportions is not None:
         a, b = (cast(x, (T,)) for x in request.proportions)
@@ -154,7 +172,26 @@ def prepare(
         initial_scale=initial_scale, resumed=state is not None, mu_end=mu_end,
         normalize=request.normalize, eps=request.eps, chunk_size=request.chunk_size,
         state_dtype=state_dtype, scan=executor.scan(xp), state_class=request.state_class,
+        unbroken_g=unbroken_g, starts=None if segments is None else segments.readable_starts(),
     )  # fmt: skip
+
+
+def _packed_angles(increments: Any, state: Any, segments: Any, batch: tuple[int, ...], xp: Any) -> Any:
+    """(mu [B, T, d/2], each sequence's final angle [N, B, d/2] mod 2 pi) of packed sequences: the angle
+    restarts at each sequence's first token from its state's mu (or 0); an empty sequence keeps it."""
+    half = increments.shape[-1]
+    lead = (segments.count, *batch, half)
+    mu0 = None if state is None or state.mu is None else xp.broadcast_to(state.mu, lead)
+    entering = None
+    if mu0 is not None:  # [N, B, d/2] -> the angle entering each token's sequence [B, T, d/2]
+        entering = xp.moveaxis(xp.take(mu0, segments.sequence, axis=0), 0, -2)
+    mu = restarted_angles(increments, entering, segments.starts, xp)
+    last = xp.clip(segments.ends - 1, 0, mu.shape[-2] - 1)
+    ends = xp.moveaxis(xp.take(mu, last, axis=-2), -2, 0)  # [N, B, d/2]
+    empty = xp.reshape(segments.lengths == 0, (segments.count, *(1,) * (ends.ndim - 1)))
+    kept = xp.zeros_like(ends) if mu0 is None else xp.astype(mu0, ends.dtype)
+    ends = xp.where(empty, kept, ends)
+    return mu, _wrap(ends, xp)
 
 
 def _half_weights(x: Any, xp: Any) -> Any:
@@ -163,10 +200,14 @@ def _half_weights(x: Any, xp: Any) -> Any:
     return xp.stack([xp.cos(angle), xp.sin(angle)], axis=-1)
 
 
-def pack_state(state: State | None, request: Request, work: Any) -> tuple[Any, Any]:
+def pack_state(
+    state: State | None, request: Request, work: Any, lead: tuple[int, ...] | None = None
+) -> tuple[Any, Any]:
     """State (S [.., H*D, e], z [.., H*D]) -> SZ [B, D, H*(e+1)] and log scale [B]; for no State, None
-    (an empty SZ is made only where a form uses it: ``Prepared.initial``) and -inf."""
-    xp, batch = request.xp, request.batch_shape
+    (an empty SZ is made only where a form uses it: ``Prepared.initial``) and -inf. ``lead`` replaces
+    the batch shape B (packed sequences: [N, B])."""
+    xp = request.xp
+    batch = request.batch_shape if lead is None else lead
     halves, e = request.halves, request.e
     size = request.feature_size // halves
     if state is None:

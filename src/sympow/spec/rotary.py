@@ -46,6 +46,44 @@ def accumulate_angles(increments: Any, mu0: Any, xp: Any, *, float64: bool | Non
     return _compensated_angles(increments, mu0, xp)
 
 
+def restarted_angles(increments: Any, entering: Any, restarts: Any, xp: Any) -> Any:
+    """Angles mu [..., T, d/2] that restart at every token where ``restarts`` [T] is True (packed
+    sequences, math.md 10): mu_t = entering_s + sum_{l=s..t} w_l, s the last restart at or before t.
+
+    ``entering`` [..., T, d/2] holds the angle entering each restart (zero elsewhere; ignored there), or
+    is None for zero. A segmented Hillis-Steele scan: every partial sum adds the increments of exactly
+    its range (no difference of prefix sums), in float64 where the namespace has it, else in the
+    compensated double-float pairs of ``_compensated_angles``, reduced modulo 2 pi.
+    """
+    if has_float64(xp):
+        total = xp.astype(increments, xp.float64)
+        if entering is not None:
+            total = xp.where(restarts[:, None], total + xp.astype(entering, xp.float64), total)
+        return _segmented_scan(total, restarts, xp)
+    hi, lo = _reduce(xp.astype(increments, xp.float32), xp)
+    if entering is not None:  # the entering angle joins the pair error-free, then the pair is reduced
+        start_hi, start_lo = _reduce(xp.astype(entering, xp.float32), xp)
+        zero = xp.zeros_like(start_hi)
+        start_hi = xp.where(restarts[:, None], start_hi, zero)
+        start_lo = xp.where(restarts[:, None], start_lo, zero)
+        s, err = _two_sum(hi, start_hi)
+        turns = xp.round(s / _C1)
+        hi, lo = s - turns * _C1, lo + start_lo + err - turns * (_C2 + _C3 + _C4)
+    return _compensated_scan(hi, lo, restarts, xp)
+
+
+def _segmented_scan(x: Any, flags: Any, xp: Any) -> Any:
+    """Inclusive sums along axis -2 of x [..., T, n] that restart where ``flags`` [T] is True."""
+    length = x.shape[-2]
+    shift = 1
+    while shift < length:
+        before = xp.concat([xp.zeros_like(x[..., :shift, :]), x[..., : length - shift, :]], axis=-2)
+        x = xp.where(flags[:, None], x, x + before)
+        flags = flags | xp.concat([xp.ones_like(flags[:shift]), flags[: length - shift]])
+        shift *= 2
+    return x
+
+
 def _wrap(angle: Any, xp: Any) -> Any:
     """angle reduced to [-pi, pi)."""
     return angle - TWO_PI * xp.round(angle / TWO_PI)
@@ -99,12 +137,26 @@ def _compensated_angles(increments: Any, mu0: Any, xp: Any) -> tuple[Any, Any]:
     if mu0 is not None:
         hi = xp.concat([xp.astype(mu0, xp.float32)[..., None, :], hi], axis=-2)
     hi, lo = _reduce(hi, xp)
+    mu = _compensated_scan(hi, lo, None, xp)
+    if mu0 is not None:
+        mu = mu[..., 1:, :]
+    return mu, _wrap(mu[..., -1, :], xp)
+
+
+def _compensated_scan(hi: Any, lo: Any, flags: Any, xp: Any) -> Any:
+    """hi + lo of the inclusive prefix sums of reduced pairs (hi, lo) [..., T, n] along axis -2, each
+    addition error-free (TwoSum) and each partial sum reduced modulo 2 pi; restarting where ``flags`` [T]
+    (or None: never) is True."""
     length = hi.shape[-2]
     shift = 1
     while shift < length:
         pad = xp.zeros((*hi.shape[:-2], shift, hi.shape[-1]), dtype=hi.dtype, device=device(hi))
         hi_prev = xp.concat([pad, hi[..., : length - shift, :]], axis=-2)
         lo_prev = xp.concat([pad, lo[..., : length - shift, :]], axis=-2)
+        if flags is not None:  # nothing crosses a restart
+            hi_prev = xp.where(flags[:, None], xp.zeros_like(hi_prev), hi_prev)
+            lo_prev = xp.where(flags[:, None], xp.zeros_like(lo_prev), lo_prev)
+            flags = flags | xp.concat([xp.ones_like(flags[:shift]), flags[: length - shift]])
         s, err = _two_sum(hi, hi_prev)
         lo = lo + lo_prev + err
         turns = xp.round(s / _C1)  # in {-1, 0, 1}: both operands were reduced
@@ -113,10 +165,7 @@ def _compensated_angles(increments: Any, mu0: Any, xp: Any) -> tuple[Any, Any]:
         hi = s + lo
         lo = lo - (hi - s)
         shift *= 2
-    if mu0 is not None:
-        hi, lo = hi[..., 1:, :], lo[..., 1:, :]
-    mu = hi + lo
-    return mu, _wrap(mu[..., -1, :], xp)
+    return hi + lo
 
 
 def rotate(x: Any, cos: Any, sin: Any, layout: str, xp: Any) -> Any:

@@ -522,3 +522,26 @@ def given_for(xp: Any, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any
         return test if value is None else seed(value)(test)
 
     return decorate
+
+
+OFFSET_KINDS = ("random", "one sequence", "every token", "chunk edges", "off chunk edges")
+
+
+@st.composite
+def packed_offsets(draw: Any, T: int, chunk_size: int) -> list[int]:
+    """Offsets 0 = o_0 <= ... <= o_N = T of packed sequences (math.md 10), of one of ``OFFSET_KINDS``:
+    random cuts (empty sequences included, N up to T + 3), one sequence, T sequences of one token,
+    boundaries on chunk edges (multiples of ``chunk_size``), or one token off them."""
+    kind = draw(st.sampled_from(OFFSET_KINDS), label="offsets kind")
+    if kind == "one sequence":
+        return [0, T]
+    if kind == "every token":
+        return list(range(T + 1))
+    if kind in ("chunk edges", "off chunk edges"):
+        shift = 0 if kind == "chunk edges" else draw(st.sampled_from([-1, 1]))
+        edges = [c + shift for c in range(chunk_size, T, chunk_size)]
+        cuts = draw(st.lists(st.sampled_from(edges), max_size=len(edges))) if edges else []
+        cuts = [min(max(c, 0), T) for c in cuts]
+    else:
+        cuts = draw(st.lists(st.integers(0, T), max_size=T + 2))
+    return [0, *sorted(cuts), T]
