@@ -203,8 +203,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "row-block-earlier-decay-inclusive",
         "spec/forms.py",
-        "before = suffix_sums(g[..., :r0], xp)",
-        "before = xp.flip(xp.cumulative_sum(xp.flip(g[..., :r0], axis=-1), axis=-1), axis=-1)",
+        "before = suffix_sums(g[..., k0:r0], xp)",
+        "before = xp.flip(xp.cumulative_sum(xp.flip(g[..., k0:r0], axis=-1), axis=-1), axis=-1)",
         (f"{EXTREMES_TESTS}::test_rotary_angles_of_1e6_at_T_4096",),
         "row blocks after the first: keys before the block decayed by their own gate too (T*T > 2^22)",
     ),

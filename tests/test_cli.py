@@ -220,3 +220,19 @@ def test_console_script():
         [script, "validate", "--dtype", "float7"], capture_output=True, text=True, timeout=120
     )
     assert bad.returncode == 2 and "usage: sympow validate" in bad.stderr
+
+
+def test_validate_covers_packed_sequences(capsys):
+    """Every plain kernel packed (cu_seqlens), in every form, passes on the reference and the torch
+    backend: a packed call, then a second resumed from its per-sequence States."""
+    status = main(["validate", "--backend", "reference", "--backend", "torch", "-T", "24", "--jobs", "1",
+                   "--json", "--no-progress", "--variant", "based", "--kernels"])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert status == 0 and out["passed"]
+    packed = [row for row in out["rows"] if row["case"].endswith("/packed")]
+    kernels = {row["case"] for row in packed}
+    assert len(kernels) == 5
+    torch_rows = [row for row in packed if row["backend"] == "torch"]
+    if "torch" in _available():
+        assert {row["form"] for row in torch_rows if row["status"] == "pass"} == set(FORMS)
+    assert all(row["status"] == "pass" for row in packed if row["library"] in ("numpy", "torch")), packed

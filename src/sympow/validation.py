@@ -9,8 +9,12 @@ rotary and proportions, and every named variant of ``sympow.variants.VARIANTS``)
     resume   y of the other T - s tokens, resumed from that state
 
 and both are compared with the reference: the "reference" backend, parallel form, NumPy float64, on the
-same inputs rounded to the tested dtype. Errors are measured as in ``sympow.testing.tolerances`` (max
-|y - y_ref| over max |v| when normalised, over max |y_ref| otherwise) and must not exceed
+same inputs rounded to the tested dtype. A packed case ("<kernel>/packed", math.md 10) packs N sequences
+(an empty one and a one-token one among them) with ``cu_seqlens``: "output" is one packed call on the
+first part of every sequence, "resume" a second packed call on the rest of each, resumed from the
+per-sequence States of the first; the reference is the loop of separate calls on each whole sequence.
+Errors are measured as in ``sympow.testing.tolerances`` (max |y - y_ref| over max |v| when normalised,
+over max |y_ref| otherwise) and must not exceed
 ``tolerance(dtype)``; for the plain kernels each row is measured against its own tolerance
 max(tau, gamma u c_i) with the state-path condition number c_i of math.md 9
 (``condition_scaled_error``), which is the plain error on well-conditioned rows. ``validate`` returns
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +77,7 @@ class Case:
     rotary: bool = False
     layout: str = "half"
     variant: str | None = None
+    packed: bool = False
 
     @property
     def normalize(self) -> bool:
@@ -142,6 +148,9 @@ def plain_cases(thorough: bool = False) -> list[Case]:
                 or (kernel, weights) == ("sympow-p2", "plain")
             ):
                 cases.append(Case(f"{kernel}/{weights}", dict(options), **flags))
+    for kernel, options in KERNELS.items():  # packed sequences, with every weight
+        flags = WEIGHTS["gate+proportions+rotary"]
+        cases.append(Case(f"{kernel}/packed", dict(options), packed=True, **flags))
     return cases
 
 
@@ -476,8 +485,13 @@ def _run_target(
             inputs = _inputs(case, settings.batch, settings.T, settings.d, settings.e, settings.seed + index)
             arrays = _to_library(inputs, xp, dtype)
             key = (dtype, case.name)
-            if key not in references:
+            if key not in references and not case.packed:
                 references[key] = _reference(case, _to_float64(arrays), settings)
+            if case.packed:
+                rows += [
+                    _one_packed(case, inputs, xp, backend, library, dtype, form, settings) for form in forms
+                ]
+                continue
             for form in forms:
                 rows.append(_one(case, arrays, references[key], backend, library, dtype, form, settings))
     return rows
@@ -535,6 +549,80 @@ def _one(
     except Exception as exc:  # any other failure of the backend is reported, not raised
         return Row(backend, library, dtype, form, case.name, None, None, tol, "fail", _brief(exc))
     worst = max(output, resume if resume is not None else 0.0)
+    status = "pass" if worst <= tol else "fail"
+    detail = "" if status == "pass" else f"error {worst:.2e} exceeds {tol:.0e}"
+    return Row(backend, library, dtype, form, case.name, output, resume, tol, status, detail)
+
+
+PACKED_SEQUENCES = 6
+
+
+def packed_layout(T: int, seed: int) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
+    """(offsets of the whole sequences, token indices of their first parts, of their second parts,
+    offsets of the first parts, offsets of the second parts): ``PACKED_SEQUENCES`` sequences over T tokens,
+    one of them empty and one of one token, each cut after half its tokens (rounded down)."""
+    from .testing.packed import make_offsets
+
+    if T < 2:
+        whole = [0, 0, T]
+    else:  # an empty sequence, one of one token, then the others over the T - 1 tokens left
+        rest = make_offsets(T - 1, min(PACKED_SEQUENCES - 2, T - 1), seed=seed, empty=False)
+        whole = [0, 0, 1, *(o + 1 for o in rest[1:])]
+    first, second, first_offsets, second_offsets = [], [], [0], [0]
+    for lo, hi in itertools.pairwise(whole):
+        cut = lo + (hi - lo) // 2
+        first += range(lo, cut)
+        second += range(cut, hi)
+        first_offsets.append(first_offsets[-1] + cut - lo)
+        second_offsets.append(second_offsets[-1] + hi - cut)
+    return whole, first, second, first_offsets, second_offsets
+
+
+def _one_packed(
+    case: Case, inputs: dict[str, Any], xp: Any, backend: str, library: str, dtype: str, form: str,
+    settings: Settings,
+) -> Row:  # fmt: skip
+    """A packed case (module doc): two packed calls, the second resumed from the States of the first,
+    against the loop of separate float64 reference calls on the whole sequences."""
+    from .testing.packed import per_sequence
+
+    tol = tolerance(dtype)
+    whole, first, second, first_offsets, second_offsets = packed_layout(settings.T, settings.seed)
+    rounded = _to_float64(_to_library(inputs, xp, dtype))
+    plain = {key: rounded.get(key) for key in ("q", "k", "v", "log_gate", "proportions", "rotary")}
+    options = {**case.options, "rotary_layout": case.layout}
+    y_ref, _ = per_sequence(attention, plain, whole, form="parallel", backend="reference", **options)
+    c = per_sequence(condition_numbers, plain, whole, token_axis=-1, **options)[0]
+    highest = case.options.get("power", 1) if case.options.get("kernel") in ("sympow", "taylor") else 1
+    path = contract_state_dtype(dtype, highest_degree=highest)
+    call = {"form": form, "chunk_size": settings.chunk_size, "backend": backend, **options}
+
+    def part(tokens: list[int]) -> dict[str, Any]:
+        index = np.asarray(tokens, dtype=np.intp)
+        axes = {"q": -2, "k": -2, "v": -2, "rotary": -2, "log_gate": -1}
+        picked = {key: None if plain[key] is None else np.take(plain[key], index, axis=axis)
+                  for key, axis in axes.items()}  # fmt: skip
+        if plain["proportions"] is not None:
+            picked["proportions"] = tuple(np.take(x, index, axis=-1) for x in plain["proportions"])
+        return _to_library(picked, xp, dtype)
+
+    def error(y: Any, tokens: list[int]) -> float:
+        return condition_scaled_error(
+            y, y_ref[..., tokens, :], plain["v"], normalize=case.normalize, dtype_name=dtype,
+            condition=c[..., tokens], state_dtype_name=path,
+        )  # fmt: skip
+
+    refusal = f"backend {backend!r} cannot run this call"
+    try:
+        y1, state = attention(**part(first), cu_seqlens=first_offsets, return_state=True, **call)
+        y2 = attention(**part(second), cu_seqlens=second_offsets, initial_state=state, **call)
+        output, resume = error(y1, first), error(y2, second)
+    except ValueError as exc:
+        status = "skip" if str(exc).startswith(refusal) else "fail"
+        return Row(backend, library, dtype, form, case.name, None, None, tol, status, _brief(exc))
+    except Exception as exc:  # any other failure of the backend is reported, not raised
+        return Row(backend, library, dtype, form, case.name, None, None, tol, "fail", _brief(exc))
+    worst = max(output, resume)
     status = "pass" if worst <= tol else "fail"
     detail = "" if status == "pass" else f"error {worst:.2e} exceeds {tol:.0e}"
     return Row(backend, library, dtype, form, case.name, output, resume, tol, status, detail)

@@ -11,6 +11,11 @@ each case's inputs, converted to namespace ``xp`` and dtype ``dtype``, and measu
                     final state
     "from-state"    the rest from the case's own state after ``split`` tokens (a ``sympow.State``)
 
+A packed case (tag "packed", version 2 on) passes ``cu_seqlens`` (the offsets as an int32 array of
+``xp``) and is measured by "output" and "state" when its sequences start empty, and by "from-state" (y and
+every sequence's final state, from the case's per-sequence initial states) when they do not. An
+implementation without packed sequences leaves them out: ``load_cases(exclude_tags=["packed"])``.
+
 Errors are those of the tolerance table (``sympow.testing.tolerances``): max |y - y_ref| over max |v|
 for normalised output and over max |y_ref| otherwise; for a state, max |S - S_ref| / max |S_ref| and
 the same for z, and max |mu - mu_ref| modulo 2 pi in radians. Each must not exceed ``tolerance(dtype)``.
@@ -181,9 +186,9 @@ def _state_dtype(dtype: str) -> str:
 
 
 def case_state(case: Case, which: str, xp: Any, dtype: str) -> State:
-    """The case's state (after ``split`` tokens or at the end) as a ``sympow.State`` of ``xp`` arrays, with
-    log_scale = 0 (the stored sums are the true sums)."""
-    S, z, mu = case.state(which)
+    """The case's state (after ``split`` tokens, at the end, or for a packed case the ``"initial"`` ones)
+    as a ``sympow.State`` of ``xp`` arrays, with log_scale = 0 (the stored sums are the true sums)."""
+    S, z, mu = case.initial() if which == "initial" else case.state(which)
     arrays = {"S": S, "z": z, "mu": mu, "log_scale": np.zeros(S.shape[:-2])}
     converted = convert(arrays, xp, _state_dtype(dtype))
     return State(S=converted["S"], z=converted["z"], mu=converted["mu"], log_scale=converted["log_scale"])
@@ -324,8 +329,14 @@ def _concat(first: Any, second: Any) -> np.ndarray:
 
 
 def case_condition(case: Case, initial_state: State | None = None, rows: slice = slice(None)) -> np.ndarray:
-    """The state-path condition numbers c_i of the case's rows (math.md 9), from its float64 inputs."""
+    """The state-path condition numbers c_i of the case's rows (math.md 9), from its float64 inputs; of
+    each sequence on its own for a packed case (``initial_state`` then holds one state per sequence)."""
     inputs = tokens(case.inputs, rows.start or 0, rows.stop)
+    if case.cu_seqlens is not None:
+        from .packed import per_sequence
+
+        return per_sequence(condition_numbers, inputs, case.cu_seqlens, initial_state=initial_state,
+                            token_axis=-1, **case.options)[0]  # fmt: skip
     return condition_numbers(
         inputs["q"], inputs["k"], inputs["v"], **case.options, log_gate=inputs["log_gate"],
         proportions=inputs["proportions"], rotary=inputs["rotary"], initial_state=initial_state,
@@ -342,6 +353,8 @@ def _check_case(
 ) -> list[Result]:
     tol = tolerance(dtype)
     arrays = convert(case.inputs, xp, dtype)
+    if case.cu_seqlens is not None:
+        return _check_packed_case(fn, case, xp, dtype, arrays, checks, state_dtype)
     results = []
     highest = case.power if case.kernel in ("sympow", "taylor") else 1
     path = contract_state_dtype(dtype, highest_degree=highest, state_dtype=state_dtype)
@@ -413,6 +426,42 @@ def _check_case(
 
         record("from-state", run_from_state)
     return results
+
+
+def _check_packed_case(
+    fn: Callable[..., Any], case: Case, xp: Any, dtype: str, arrays: dict[str, Any], checks: tuple[str, ...],
+    state_dtype: str | None,
+) -> list[Result]:  # fmt: skip
+    """The checks of a packed case (module doc): "output" and "state" from empty states, or "from-state"
+    (y and the final states) from the case's initial ones."""
+    library = namespace(xp)
+    offsets = library.asarray(np.asarray(case.cu_seqlens, dtype=np.int32))
+    highest = case.power if case.kernel in ("sympow", "taylor") else 1
+    path = contract_state_dtype(dtype, highest_degree=highest, state_dtype=state_dtype)
+    resumed = case.initial() is not None
+    start = case_state(case, "initial", xp, dtype) if resumed else None
+    condition = case_condition(case, case_state(case, "initial", np, "float64") if resumed else None)
+    names = ("from-state",) if resumed else ("output", "state")
+    if not set(names) & set(checks):
+        return []
+    measured: dict[str, tuple[float, str]] = {}
+    try:
+        y, state = _call(fn, case, arrays, cu_seqlens=offsets, initial_state=start, return_state=True)
+        detail = kind_mismatch(y, arrays["q"], case.y.shape, "output")
+        y_error = (math.inf, detail) if detail else output_error(
+            y, case, dtype=dtype, condition=condition, state_dtype=path
+        )  # fmt: skip
+        s_error = state_error(state, case, like=arrays["q"])
+    except Exception as exc:  # a failure of fn is a failure of the check, reported with the case
+        y_error = s_error = (math.inf, f"raised {type(exc).__name__}: {exc}")
+    if resumed:
+        measured["from-state"] = max(y_error, (s_error[0], f"final state: {s_error[1]}"), key=lambda r: r[0])
+    else:
+        measured["output"], measured["state"] = y_error, s_error
+    tol = tolerance(dtype)
+    return [
+        Result(case.name, name, measured[name][0], tol, measured[name][1]) for name in names if name in checks
+    ]
 
 
 def _missing() -> tuple[float, str]:

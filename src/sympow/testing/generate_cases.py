@@ -50,6 +50,8 @@ class Spec:
     gate_min: float = -1.0
     special: str | None = None  # "zero-denominator" or "broadcast"
     tags: tuple[str, ...] = field(default=())
+    offsets: tuple[int, ...] | None = None  # packed sequences (cu_seqlens); T is then offsets[-1]
+    initial: bool = False  # packed: one initial state per sequence (the "from-state" check)
 
     @property
     def head_dim(self) -> int:
@@ -85,6 +87,8 @@ class Spec:
             ("scale", self.scale is not None),
             ("split", self.split is not None),
             ("batch", len(self.batch) > 0),
+            ("packed", self.offsets is not None),
+            ("initial-state", self.initial),
         )
         tags += [tag for tag, on in flags if on]
         if self.rotary:
@@ -155,6 +159,7 @@ def case_specs() -> list[Spec]:
         Spec("relu", 1, False, proportions=True, T=2, split=1, tags=("T2",)),
         Spec("sympow", 2, True, gate=True, rotary="half", batch=(), tags=("nobatch",)),
     ]
+    specs += packed_specs()
     # Spread the split points of the T = 13 cases over the start, middle and end.
     spread = []
     for index, spec in enumerate(specs):
@@ -162,6 +167,60 @@ def case_specs() -> list[Spec]:
             spec = replace(spec, split=SPLITS[index % len(SPLITS)])
         spread.append(spec)
     return spread
+
+
+def packed_specs() -> list[Spec]:
+    """Packed sequences (math.md 10, new in version 2): empty and one-token sequences, boundaries on and
+    off multiples of 4 and 8, one sequence and one token per sequence; with initial states and without."""
+    packed = dict(split=None, tags=("packed",))
+    return [
+        Spec("sympow", 2, True, gate=True, rotary="half", offsets=(0, 4, 4, 5, 13), **packed),
+        Spec(
+            "sympow",
+            2,
+            True,
+            gate=True,
+            proportions=True,
+            rotary="interleaved",
+            offsets=(0, 3, 8, 8, 13),
+            initial=True,
+            split=None,
+            tags=("packed", "initial"),
+        ),
+        Spec(
+            "taylor",
+            2,
+            True,
+            gate=True,
+            offsets=tuple(range(7)),
+            initial=True,
+            split=None,
+            tags=("packed", "tokens"),
+        ),
+        Spec(
+            "relu",
+            1,
+            True,
+            proportions=True,
+            rotary="half",
+            offsets=(0, 13),
+            initial=True,
+            split=None,
+            tags=("packed", "one"),
+        ),
+        Spec("identity", 1, False, gate=True, offsets=(0, 8, 16, 19), **packed),
+        Spec(
+            "sympow",
+            4,
+            True,
+            gate=True,
+            rotary="half",
+            offsets=(0, 0, 7, 9, 17, 19),
+            initial=True,
+            split=None,
+            tags=("packed", "initial"),
+        ),
+    ]
 
 
 def exact_in_all_dtypes(x: np.ndarray) -> np.ndarray:
@@ -176,7 +235,7 @@ def case_inputs(spec: Spec, seed: int) -> dict[str, np.ndarray]:
     """The input arrays of a case, by array name (INPUT_ARRAYS), rounded by ``exact_in_all_dtypes``."""
     made = make_inputs(
         batch=spec.batch,
-        T=spec.T,
+        T=spec.T if spec.offsets is None else spec.offsets[-1],
         d=spec.head_dim,
         e=spec.e,
         seed=seed,
@@ -215,28 +274,33 @@ def _slice_tokens(arrays: dict[str, np.ndarray], start: int, stop: int | None) -
     return out
 
 
-def _reference(spec: Spec, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(y, state arrays S, z, mu) of the float64 reference, the state as true sums."""
+def _reference(
+    spec: Spec, arrays: dict[str, np.ndarray], initial: dict[str, np.ndarray] | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(y, state arrays S, z, mu) of the float64 reference, the state as true sums. A packed spec is
+    computed as the loop of separate calls on its slices (``sympow.testing.packed.per_sequence``), from
+    the per-sequence states ``initial`` (true sums; None for empty ones)."""
     from ..api import attention
+    from ..spec.state import State
+    from .packed import per_sequence
 
     proportions = (arrays["a"], arrays["b"]) if "a" in arrays else None
-    y, state = attention(
-        arrays["q"],
-        arrays["k"],
-        arrays["v"],
-        kernel=spec.kernel,
-        power=spec.power,
-        scale=spec.scale,
-        log_gate=arrays.get("log_gate"),
-        proportions=proportions,
+    options = dict(
+        kernel=spec.kernel, power=spec.power, scale=spec.scale, rotary_layout=spec.rotary or "half",
+        normalize=spec.normalize, eps=spec.eps, form="parallel", return_state=True, backend="reference",
+    )  # fmt: skip
+    inputs = dict(
+        q=arrays["q"], k=arrays["k"], v=arrays["v"], log_gate=arrays.get("log_gate"), proportions=proportions,
         rotary=arrays.get("rotary"),
-        rotary_layout=spec.rotary or "half",
-        normalize=spec.normalize,
-        eps=spec.eps,
-        form="parallel",
-        return_state=True,
-        backend="reference",
-    )
+    )  # fmt: skip
+    if spec.offsets is None:
+        y, state = attention(**inputs, **options)
+    else:
+        start = None
+        if initial is not None:
+            zeros = np.zeros(initial["S"].shape[:-2])
+            start = State(S=initial["S"], z=initial["z"], mu=initial.get("mu"), log_scale=zeros)
+        y, state = per_sequence(attention, inputs, spec.offsets, initial_state=start, **options)
     S, z = state.unscaled()
     out = {"S": np.asarray(S, dtype=np.float64), "z": np.asarray(z, dtype=np.float64)}
     if state.mu is not None:
@@ -244,12 +308,23 @@ def _reference(spec: Spec, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, d
     return np.asarray(y, dtype=np.float64), out
 
 
+def _initial_states(spec: Spec, seed: int) -> dict[str, np.ndarray]:
+    """One state per sequence of a packed spec (true sums): each sequence's own call on 2 tokens of
+    inputs exact in every dtype, then rounded to them too."""
+    count = len(spec.offsets) - 1
+    prelude = replace(spec, offsets=tuple(range(0, 2 * count + 1, 2)), initial=False)
+    _, states = _reference(prelude, case_inputs(prelude, seed + 10_000))
+    return {f"initial_{key}": exact_in_all_dtypes(value) for key, value in states.items()}
+
+
 def build_case(spec: Spec, seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(manifest entry, arrays) of one case."""
     arrays = case_inputs(spec, seed)
-    y, final = _reference(spec, arrays)
+    initial = _initial_states(spec, seed) if spec.initial else {}
+    y, final = _reference(spec, arrays, {k.removeprefix("initial_"): v for k, v in initial.items()} or None)
     arrays["y"] = y
     arrays.update(final)
+    arrays.update(initial)
     if spec.split is not None:
         if not 0 < spec.split < spec.T:
             raise ValueError(f"split must lie in 1..T-1 = {spec.T - 1}, got {spec.split} ({spec.name})")
@@ -270,12 +345,14 @@ def build_case(spec: Spec, seed: int) -> tuple[dict[str, Any], dict[str, np.ndar
         },
         "split": spec.split,
         "batch": list(y.shape[:-2]),
-        "T": spec.T,
+        "T": int(y.shape[-2]),
         "d": spec.head_dim,
         "e": spec.e,
         "feature_size": int(arrays["z"].shape[-1]),
         "arrays": {key: list(value.shape) for key, value in arrays.items()},
     }
+    if spec.offsets is not None:
+        entry["cu_seqlens"] = list(spec.offsets)
     return entry, arrays
 
 
@@ -324,7 +401,10 @@ def schema() -> dict[str, Any]:
             "rotary_layout": {"enum": ["half", "interleaved"]},
         },
     }
-    array_names = [*INPUT_ARRAYS, "y", *STATE_ARRAYS, *(f"split_{name}" for name in STATE_ARRAYS)]
+    array_names = [
+        *INPUT_ARRAYS, "y", *STATE_ARRAYS, *(f"{prefix}_{name}" for prefix in ("split", "initial")
+                                            for name in STATE_ARRAYS),
+    ]  # fmt: skip
     case = {
         "type": "object",
         "required": [
@@ -355,6 +435,14 @@ def schema() -> dict[str, Any]:
             "d": {"type": "integer", "minimum": 1},
             "e": {"type": "integer", "minimum": 1},
             "feature_size": {"type": "integer", "description": "D' of the state"},
+            "cu_seqlens": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 0},
+                "description": (
+                    "packed sequences (version 2 on): offsets 0 = o_0 <= ... <= o_N = T; the states then "
+                    "have a leading axis of N, and initial_* hold each sequence's initial state"
+                ),
+            },
             "arrays": {
                 "type": "object",
                 "description": "array name -> shape; the data is '{name}/{array}.npy' in the .npz",

@@ -60,11 +60,14 @@ def per_sequence(
     offsets: Sequence[int],
     *,
     initial_state: State | None = None,
+    token_axis: int = -2,
     **options: Any,
 ) -> tuple[Any, State | None]:
     """(y [..., T, e], State with a leading axis of N, or None) of N separate calls
-    ``attention(**slice_inputs(inputs, o_n, o_{n+1}), initial_state=initial_state[n], **options)``;
-    the State only with ``return_state=True`` in ``options``. Any array library."""
+    ``attention(**slice_inputs(inputs, o_n, o_{n+1}), initial_state=initial_state[n], **options)``
+    (``initial_state`` passed only when given);
+    the State only with ``return_state=True`` in ``options``. Any array library. The outputs are joined
+    along ``token_axis`` (-1 for a function returning [..., T], such as ``condition_numbers``)."""
     offsets = [int(o) for o in offsets]
     ys, states = [], []
     wants_state = bool(options.get("return_state"))
@@ -73,12 +76,13 @@ def per_sequence(
         if hi == lo:
             states.append(start)
             continue
-        result = attention(**slice_inputs(inputs, lo, hi), initial_state=start, **options)
+        resumed = {} if start is None else {"initial_state": start}
+        result = attention(**slice_inputs(inputs, lo, hi), **resumed, **options)
         y, state = result if wants_state else (result, None)
         ys.append(y)
         states.append(state)
     xp = array_namespace(ys[0])
-    y = xp.concat(ys, axis=-2)
+    y = xp.concat(ys, axis=token_axis)
     if not wants_state:
         return y, None
     return y, _stack(states, xp)

@@ -16,6 +16,13 @@ broadcast):
     S [*B, D', e], z [*B, D'], mu [*B, d/2]           the final state (true sums, no log scale)
     split_S, split_z, split_mu                         the state after the first ``split`` tokens
 
+Packed cases (version 2 on; tag "packed"): the manifest entry's ``cu_seqlens`` holds the offsets
+0 = o_0 <= ... <= o_N = T of N sequences packed along T (math.md 10). Every state then has a leading axis
+of N (S [N, *B, D', e], ...), one per sequence, the final one of each sequence; ``initial_S``,
+``initial_z``, ``initial_mu`` (tag "initial-state") are the state each sequence starts from (true sums),
+and y and the final states are those of the loop of separate calls on each slice from them. Packed
+cases have no split. Version 2 holds every case of version 1 unchanged, and the packed ones.
+
 Optional inputs (log_gate, a and b, rotary) and mu are absent when unused. Inputs are rounded to 8
 significant bits and flushed to zero below 2^-14 in magnitude, so they are exact in float16, bfloat16,
 float32 and float64 alike: the float64 outputs are the exact-input reference for every dtype.
@@ -40,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-CASES_VERSION = 1
+CASES_VERSION = 2
 FORMAT = "sympow-conformance"
 INPUT_ARRAYS = ("q", "k", "v", "log_gate", "a", "b", "rotary")
 STATE_ARRAYS = ("S", "z", "mu")
@@ -60,6 +67,7 @@ class Case:
     rotary_layout: str
     split: int | None
     arrays: Mapping[str, np.ndarray] = field(repr=False)
+    cu_seqlens: tuple[int, ...] | None = None  # packed sequences (version 2 on)
 
     @property
     def batch(self) -> tuple[int, ...]:
@@ -117,6 +125,13 @@ class Case:
         a = self.arrays
         return a[prefix + "S"], a[prefix + "z"], a.get(prefix + "mu")
 
+    def initial(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+        """(S, z, mu) each packed sequence starts from (true sums), or None when it starts empty."""
+        a = self.arrays
+        if "initial_S" not in a:
+            return None
+        return a["initial_S"], a["initial_z"], a.get("initial_mu")
+
     def __str__(self) -> str:
         return self.name
 
@@ -156,6 +171,7 @@ def _case(entry: Mapping[str, Any], stored: Mapping[str, np.ndarray]) -> Case:
         rotary_layout=options["rotary_layout"],
         split=entry["split"],
         arrays=arrays,
+        cu_seqlens=None if entry.get("cu_seqlens") is None else tuple(entry["cu_seqlens"]),
     )
 
 
