@@ -13,7 +13,10 @@ Written against the array API only (array_api_compat); no framework is imported.
 own parameter arrays (library, dtype, device, shape) before computing anything and raises ``ValueError``
 or ``TypeError`` naming the argument; ``attention`` then checks the rest. ``VARIANTS`` maps each name to
 its function and ``variant_parameters`` draws seeded NumPy parameters for it (for ``sympow validate`` and
-the benchmarks).
+the benchmarks). The options of ``attention`` that a variant does not set itself (form, chunk_size,
+initial_state, return_state, backend, state_dtype, sequence_group, sequence_exchange, cu_seqlens) pass
+through unchanged; every per-token map here is the token's own, so packed sequences (``cu_seqlens``)
+need nothing more of a variant.
 """
 
 from __future__ import annotations

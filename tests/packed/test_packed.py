@@ -7,6 +7,8 @@ the packed call on each namespace with its default backend (native torch and jax
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import strategies as st
@@ -15,6 +17,7 @@ import sympow
 from sympow.testing import convert, make_inputs, to_numpy, tolerance
 from sympow.testing.packed import TOKEN_INPUTS, per_sequence, slice_inputs
 from sympow.testing.strategies import FORMS, attention_cases, given_for, packed_offsets
+from sympow.variants import VARIANTS, variant_parameters
 
 pytestmark = pytest.mark.usefixtures("spec_backend")
 TOL = tolerance("float64")
@@ -161,3 +164,33 @@ def _join(parts):
             axis = -TOKEN_INPUTS[name]
             out[name] = np.concatenate([p[name] for p in parts], axis=axis)
     return out
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_variant_packs(name):
+    """Each named variant with ``cu_seqlens`` equals its separate calls on the slices (per-token parameters
+    cut with them), outputs and per-sequence States, in every form."""
+    offsets = [0, 2, 2, 3, 11, 17]
+    T, batch = offsets[-1], (2,)
+    inputs = make_inputs(batch=batch, T=T, d=4, e=3, seed=5)
+    parameters = variant_parameters(name, batch, T, 4, seed=5)
+    variant = VARIANTS[name]
+    for form in FORMS:
+        options = {"form": form, "chunk_size": 4, "return_state": True, "backend": "reference"}
+        y, state = variant(inputs["q"], inputs["k"], inputs["v"], **parameters, cu_seqlens=offsets, **options)
+        ys, states = [], []
+        for lo, hi in itertools.pairwise(offsets):
+            if hi == lo:
+                continue
+            own = {key: value[..., lo:hi] if key in ("gate_logits", "rotary_logits") else value
+                   for key, value in parameters.items()}  # fmt: skip
+            part = slice_inputs(inputs, lo, hi)
+            y_n, state_n = variant(part["q"], part["k"], part["v"], **own, **options)
+            ys.append(y_n)
+            states.append((lo, state_n))
+        error = np.abs(y - np.concatenate(ys, axis=-2)).max()
+        assert error <= TOL * max(1.0, np.abs(inputs["v"]).max()), f"{name} {form}: y differs by {error}"
+        for lo, state_n in states:
+            n = max(i for i in range(len(offsets) - 1) if offsets[i] == lo and offsets[i + 1] > lo)
+            got = type(state)(*(None if x is None else x[n] for x in state))
+            assert_states_close(got, state_n, f"{name} {form} sequence {n}")

@@ -59,14 +59,19 @@ def test_torch_gradients_equal_separate_calls(form, kernel):
         assert float((got - want).abs().max()) <= 10 * TOL * scale
 
 
+def jax_case(jnp):
+    """The sympow case's inputs and initial States as JAX arrays."""
+    inputs, initial = case_inputs(KERNELS[0])
+    arrays = {n: jnp.asarray(inputs[n]) for n in ("q", "k", "v", "log_gate", "rotary")}
+    arrays["proportions"] = tuple(jnp.asarray(x) for x in inputs["proportions"])
+    return arrays, type(initial)(*(jnp.asarray(x) for x in initial))
+
+
 @pytest.mark.parametrize("form", FORMS)
 def test_jax_gradients_equal_separate_calls(form):
     jax = pytest.importorskip("jax")
     jnp = jax.numpy
-    inputs, initial = case_inputs(KERNELS[0])
-    leaves = {n: jnp.asarray(inputs[n]) for n in ("q", "k", "v", "log_gate", "rotary")}
-    leaves["proportions"] = tuple(jnp.asarray(x) for x in inputs["proportions"])
-    state0 = type(initial)(*(jnp.asarray(x) for x in initial))
+    leaves, state0 = jax_case(jnp)
     options = {"return_state": True, "backend": "jax"}
 
     def packed(arrays, state):
@@ -90,10 +95,7 @@ def test_jit_with_traced_offsets(form):
     offsets give NaN everywhere instead of a wrong answer."""
     jax = pytest.importorskip("jax")
     jnp = jax.numpy
-    inputs, initial = case_inputs(KERNELS[0])
-    arrays = {n: jnp.asarray(inputs[n]) for n in ("q", "k", "v", "log_gate", "rotary")}
-    arrays["proportions"] = tuple(jnp.asarray(x) for x in inputs["proportions"])
-    state0 = type(initial)(*(jnp.asarray(x) for x in initial))
+    arrays, state0 = jax_case(jnp)
 
     def call(offsets):
         return sympow.attention(**arrays, form=form, chunk_size=4, cu_seqlens=offsets, initial_state=state0,

@@ -26,16 +26,14 @@ __all__ = [
 
 
 def resolve_form(request: Request) -> str:
-    """The request's form, with 'auto' resolved by the FLOP model (for packed sequences whose offsets can
-    be read, by the cost of the blocks the parallel form builds for them)."""
+    """The request's form, with 'auto' resolved by the FLOP model (for packed sequences whose starts were
+    read, ``Request.packed_starts``, by the cost of the blocks the parallel form builds for them)."""
     if request.form != "auto":
         return request.form
-    if request.cu_seqlens is not None:
-        starts = packed.segments(request.cu_seqlens, request.T, request.xp).readable_starts()
-        if starts is not None:
-            return choose_packed_form(
-                starts, request.T, request.d, request.e, request.feature_size, request.chunk_size
-            )
+    if request.packed_starts is not None:
+        return choose_packed_form(
+            request.packed_starts, request.T, request.d, request.e, request.feature_size, request.chunk_size
+        )
     return choose_form(request.T, request.d, request.e, request.feature_size, request.chunk_size)
 
 

@@ -22,6 +22,7 @@ each a ValueError naming ``power``:
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, replace
 from typing import Any
@@ -31,7 +32,7 @@ from array_api_compat import array_namespace, device
 from .concrete import is_concrete
 from .kernel import KERNELS, MAX_TAYLOR_POWER, Kernel, make_kernel
 from .rotary import LAYOUTS, has_float64
-from .state import Producer, State, state_type
+from .state import FIELD_TAILS, Producer, State, state_type
 
 FORMS = ("parallel", "recurrent", "chunked", "auto")
 STATE_DTYPES = (None, "float32", "float64")
@@ -80,6 +81,7 @@ class Request:
     sequence_group: Any = None  # a JAX mesh axis name or a torch.distributed ProcessGroup (``sequence``)
     sequence_exchange: str = "auto"
     cu_seqlens: Any = None  # packed sequences: offsets [N + 1], int64 on q's device (``packed``)
+    packed_starts: tuple[int, ...] | None = None  # their distinct starts, where read at validation
 
     @property
     def dtype(self) -> Any:
@@ -492,8 +494,10 @@ def validate(
         _check_finite("rotary", rotary, xp)
     if initial_state is not None:
         _check_state_values(initial_state, xp)
+    packed_starts = None
     if cu_seqlens is not None:
         _check_offset_values(cu_seqlens, T, xp)
+        packed_starts = _distinct_starts(cu_seqlens, xp)
     arrays = (q, k, v, log_gate, rotary, cu_seqlens, *(proportions or ()), *(initial_state or ()))
     values_checked = all(is_concrete(x) for x in arrays if x is not None)
 
@@ -504,7 +508,7 @@ def validate(
         return_state=return_state, batch_shape=batch_shape, T=T, d=d, e=e, state_dtype=state_dtype,
         values_checked=values_checked, sequence_group=sequence_group, sequence_exchange=sequence_exchange,
         state_class=state_type(Producer(the_kernel, 1 if proportions is None else 2)),
-        cu_seqlens=cu_seqlens,
+        cu_seqlens=cu_seqlens, packed_starts=packed_starts,
     )  # fmt: skip
 
 
@@ -562,12 +566,22 @@ def _check_offset_values(offsets: Any, T: int, xp: Any) -> None:
         )
 
 
+def _distinct_starts(offsets: Any, xp: Any) -> tuple[int, ...] | None:
+    """The distinct starts of the non-empty packed sequences, as Python ints: what lets the parallel form
+    skip the keys behind a boundary (``forms._key_start``). None where the offsets cannot be read, and on
+    JAX, whose backend traces every array under jax.jit: a static copy of the offsets would compile anew
+    for each packing."""
+    if not is_concrete(offsets) or _library(xp) == "jax":
+        return None
+    values = [int(o) for o in offsets]
+    return tuple(sorted({a for a, b in itertools.pairwise(values) if b > a}))
+
+
 def _per_sequence_axes(state: State, ndim: int) -> State:
     """A packed initial State with unit axes inserted after its sequence axis, so that its batch axes
     line up with the call's ``ndim`` of them: [N, *b, *tail] -> [N, 1, .., 1, *b, *tail]."""
-    tails = {"S": 2, "z": 1, "mu": 1, "log_scale": 0}
     fields = {}
-    for field, tail in tails.items():
+    for field, tail in FIELD_TAILS.items():
         x = getattr(state, field)
         if x is None:
             continue

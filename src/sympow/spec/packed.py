@@ -27,7 +27,6 @@ when the offsets can be read), so the same code runs under ``jax.jit`` with trac
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -55,13 +54,6 @@ class Segments:
     @property
     def ends(self) -> Any:
         return self.offsets[1:]
-
-    def readable_starts(self) -> tuple[int, ...] | None:
-        """The distinct starts of the non-empty sequences as Python ints, or None for traced offsets."""
-        if not is_concrete(self.offsets):
-            return None
-        offsets = [int(o) for o in self.offsets]
-        return tuple(sorted({a for a, b in itertools.pairwise(offsets) if b > a}))
 
 
 def segments(offsets: Any, T: int, xp: Any) -> Segments:

@@ -66,7 +66,7 @@ class Prepared:
     scan: Scan
     state_class: type[State] = State
     unbroken_g: Any = None  # packed sequences: the log-gates as given (``g`` has -inf at every boundary)
-    starts: tuple[int, ...] | None = None  # packed sequences whose offsets can be read: their distinct starts
+    starts: tuple[int, ...] | None = None  # packed sequences: ``Request.packed_starts``
 
     @property
     def T(self) -> int:
@@ -172,7 +172,7 @@ def prepare(
         initial_scale=initial_scale, resumed=state is not None, mu_end=mu_end,
         normalize=request.normalize, eps=request.eps, chunk_size=request.chunk_size,
         state_dtype=state_dtype, scan=executor.scan(xp), state_class=request.state_class,
-        unbroken_g=unbroken_g, starts=None if segments is None else segments.readable_starts(),
+        unbroken_g=unbroken_g, starts=None if segments is None else request.packed_starts,
     )  # fmt: skip
 
 

@@ -47,6 +47,9 @@ class Producer:
         return f"{self.kernel.description}{weighting}"
 
 
+FIELD_TAILS = {"S": 2, "z": 1, "mu": 1, "log_scale": 0}  # each field's axes after the batch axes
+
+
 class State(NamedTuple):
     """Immutable record of the running sums; a NamedTuple, hence a JAX pytree.
 

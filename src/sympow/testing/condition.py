@@ -53,6 +53,7 @@ import numpy as np
 
 from ..spec.features import scaled
 from ..spec.kernel import Kernel, make_kernel
+from ..spec.state import FIELD_TAILS
 from .tolerances import to_numpy
 
 LAYOUTS = ("half", "interleaved")
@@ -249,9 +250,8 @@ def _state_fields(state: Any) -> dict[str, tuple[np.ndarray, tuple[int, ...]]]:
     missing = [name for name in ("S", "z", "mu", "log_scale") if not hasattr(state, name)]
     if missing:
         raise TypeError(f"initial_state must be a sympow.State, got {type(state).__name__}")
-    fields = {"S": 2, "z": 1, "log_scale": 0, "mu": 1}
     out = {}
-    for name, tail in fields.items():
+    for name, tail in FIELD_TAILS.items():
         value = getattr(state, name)
         if value is None:
             continue
