@@ -21,7 +21,6 @@ C (d+e) + 4 D' e, so chunked wins once T > 4 D' e / (d+e) + C.
 
 from __future__ import annotations
 
-import bisect
 import math
 from typing import Any
 
@@ -117,7 +116,11 @@ def _key_start(starts: tuple[int, ...] | None, r0: int) -> int:
     behind a boundary, where every weight is 0)."""
     if starts is None:
         return 0
-    return starts[bisect.bisect_right(starts, r0) - 1]
+    low, high = 0, len(starts)  # the last start <= r0, by bisection written out (torch.compile traces it;
+    while high - low > 1:  # it does not trace the C ``bisect``); starts[0] = 0 <= r0
+        middle = (low + high) // 2
+        low, high = (middle, high) if starts[middle] <= r0 else (low, middle)
+    return starts[low]
 
 
 def _row_block(starts: tuple[int, ...] | None, T: int) -> int:

@@ -4,14 +4,17 @@
 ``assert_close``: the largest absolute error relative to max |v| for normalised output and to
 max |y_ref| otherwise.
 ``make_inputs`` builds seeded NumPy inputs (q, k, v and optional gates, rotary increments and
-proportions) and ``convert`` moves them to another array namespace. ``condition_numbers`` computes the
-state-path condition number c_i of math.md section 9, ``row_tolerances`` the per-row tolerance
-tau + gamma u_state c_i and ``assert_close_rows`` checks outputs against it. Hypothesis strategies live in
-``sympow.testing.strategies``, which is not imported here so that Hypothesis stays optional.
+proportions) and ``convert`` moves them to another array namespace; ``make_offsets`` draws
+packed-sequence offsets and ``per_sequence`` is the loop of separate calls that a packed call must equal.
+``condition_numbers`` computes the state-path condition number c_i of math.md section 9,
+``row_tolerances`` the per-row tolerance tau + gamma u_state c_i and ``assert_close_rows`` checks outputs
+against it. Hypothesis strategies live in ``sympow.testing.strategies``, which is not imported here so
+that Hypothesis stays optional.
 """
 
 from .condition import condition_numbers
 from .inputs import convert, make_inputs
+from .packed import make_offsets, per_sequence
 from .tolerances import (
     GAMMA,
     TOLERANCES,
@@ -38,6 +41,8 @@ __all__ = [
     "contract_state_dtype",
     "convert",
     "make_inputs",
+    "make_offsets",
+    "per_sequence",
     "relative_error",
     "relative_errors_by_row",
     "row_tolerances",
