@@ -10,6 +10,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import array_api_compat
 import numpy as np
 import pytest
@@ -144,11 +148,23 @@ HIGH_DEGREE_RUNS = [
 
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize(("library", "backend", "dtype"), HIGH_DEGREE_RUNS)
-def test_high_degrees_default_to_a_float64_state_path(library, backend, dtype, form):
+def test_high_degrees_default_to_a_float64_state_path(library, backend, dtype, form, request):
     """Degrees 6 to 16 with 16- and 32-bit inputs: the default state path is float64 and every form holds
     the tolerance table on every row but those where u64 c_i exceeds it (a float32 state path at p = 16
     returns garbage on ordinary inputs). Normalised output: unnormalised s^16 leaves the float16 range on
-    ordinary inputs (a true overflow)."""
+    ordinary inputs (a true overflow). On JAX each node runs in a process of its own: in the shared test
+    process XLA's compiler crashed here (a segmentation fault in backend_compile_and_load) in two full
+    runs, as it did for the whole conformance suite (tests/testing/test_conformance.py)."""
+    if library == "jax" and os.environ.get("SYMPOW_OWN_PROCESS") != "1":
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+             request.node.nodeid],
+            capture_output=True, text=True, timeout=900, env={**os.environ, "SYMPOW_OWN_PROCESS": "1"},
+        )  # fmt: skip
+        assert result.returncode == 0 and " passed" in result.stdout, (
+            result.stdout[-3000:] + result.stderr[-2000:]
+        )
+        return
     xp = import_namespace(library)
     cases = attention_cases(
         kernels=("sympow", "taylor"), even_power=True, normalize=True, min_p=6, max_p=16, max_T=24,
