@@ -172,7 +172,7 @@ def prepare(
         initial_scale=initial_scale, resumed=state is not None, mu_end=mu_end,
         normalize=request.normalize, eps=request.eps, chunk_size=request.chunk_size,
         state_dtype=state_dtype, scan=executor.scan(xp), state_class=request.state_class,
-        unbroken_g=unbroken_g, starts=None if segments is None else request.packed_starts,
+        unbroken_g=unbroken_g, starts=request.packed_starts,
     )  # fmt: skip
 
 
