@@ -17,6 +17,8 @@ float64 all work; half-precision inputs accumulate in float32 inside ``attention
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -214,17 +216,9 @@ class ReBasedAttention(BasedAttention):
     feature dimension and short convolution as ``BasedAttention``.
     """
 
-    def __init__(
-        self,
-        hidden_size: int,
-        num_heads: int,
-        *,
-        feature_dim: int = 16,
-        head_dim: int | None = None,
-        conv_size: int = 3,
-    ) -> None:
-        super().__init__(hidden_size, num_heads, feature_dim=feature_dim, head_dim=head_dim,
-                         conv_size=conv_size)  # fmt: skip
+    def __init__(self, hidden_size: int, num_heads: int, *, feature_dim: int = 16, **options: Any) -> None:
+        """``options``: ``head_dim`` and ``conv_size``, as for ``BasedAttention``."""
+        super().__init__(hidden_size, num_heads, feature_dim=feature_dim, **options)
         self.gamma = nn.Parameter(torch.ones(feature_dim))
         self.beta = nn.Parameter(torch.zeros(feature_dim))
 
