@@ -20,6 +20,8 @@ from hypothesis import HealthCheck, Phase, seed, settings
 
 from sympow.testing.strategies import seeded_properties
 
+from .own_process import in_own_process, run_alone
+
 try:  # before any JAX array exists: float64 must be real in the jax tests
     import jax
 
@@ -69,6 +71,15 @@ def pytest_runtest_call(item):
         seed(value)(test)
     with seeded_properties(value):
         return (yield)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """A node marked ``own_process`` runs in a fresh process (tests/own_process.py) unless it is that run."""
+    if pyfuncitem.get_closest_marker("own_process") is None or in_own_process():
+        return None
+    run_alone(pyfuncitem.nodeid)
+    return True
 
 
 NAMESPACES = {

@@ -27,6 +27,7 @@ def _available():
     return {entry.name: entry for entry in general_backends()}
 
 
+@pytest.mark.own_process
 def test_validate_exits_0_with_a_row_per_backend_and_form(capsys):
     status = main(
         [
@@ -58,6 +59,7 @@ def test_validate_exits_0_with_a_row_per_backend_and_form(capsys):
     assert {row["case"] for row in out["rows"]} == {"variant:based"}
 
 
+@pytest.mark.own_process
 def test_validate_prints_a_table(capsys):
     status = main(
         [
@@ -222,6 +224,7 @@ def test_console_script():
     assert bad.returncode == 2 and "usage: sympow validate" in bad.stderr
 
 
+@pytest.mark.own_process
 def test_validate_covers_packed_sequences(capsys):
     """Every plain kernel packed (cu_seqlens), in every form, passes on the reference and the torch
     backend: a packed call, then a second resumed from its per-sequence States."""

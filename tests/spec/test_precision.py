@@ -10,10 +10,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import array_api_compat
 import numpy as np
 import pytest
@@ -32,6 +28,8 @@ from tests.brute_force import reference
 from tests.conftest import import_namespace
 from tests.spec.test_state import split
 from tests.without_x64 import run_without_x64
+
+from ..own_process import in_own_process, run_alone
 
 # (namespace, backend): the reference on every CPU namespace but eager JAX (too slow for property tests;
 # the jax backend executes the same spec), and the native backends.
@@ -155,15 +153,8 @@ def test_high_degrees_default_to_a_float64_state_path(library, backend, dtype, f
     ordinary inputs (a true overflow). On JAX each node runs in a process of its own: in the shared test
     process XLA's compiler crashed here (a segmentation fault in backend_compile_and_load) in two full
     runs, as it did for the whole conformance suite (tests/testing/test_conformance.py)."""
-    if library == "jax" and os.environ.get("SYMPOW_OWN_PROCESS") != "1":
-        result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-             request.node.nodeid],
-            capture_output=True, text=True, timeout=900, env={**os.environ, "SYMPOW_OWN_PROCESS": "1"},
-        )  # fmt: skip
-        assert result.returncode == 0 and " passed" in result.stdout, (
-            result.stdout[-3000:] + result.stderr[-2000:]
-        )
+    if library == "jax" and not in_own_process():
+        run_alone(request.node.nodeid)
         return
     xp = import_namespace(library)
     cases = attention_cases(
