@@ -220,7 +220,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "parallel-drops-initial-state",
         "spec/forms.py",
-        "partial = merge(partial, query_rows(p, p.initial, p.initial_scale, r0, r1), xp)",
+        "partial = merge(partial, query_rows(p, r0, r1), xp)",
         "partial = partial",
         (STATE_TESTS,),
         "the parallel form ignores the initial state's contribution to the outputs",
@@ -236,8 +236,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "parallel-final-state-initial-not-decayed",
         "spec/forms.py",
-        "    total = xp.sum(g, axis=-1)\n    _, _, final, final_scale = scan_states(",
-        "    total = xp.zeros_like(g[..., 0])\n    _, _, final, final_scale = scan_states(",
+        "decayed = Element(None, p.initial_scale + xp.sum(g, axis=-1), p.initial_S, p.initial_z)",
+        "decayed = Element(None, p.initial_scale, p.initial_S, p.initial_z)",
         (STATE_TESTS,),
         "the parallel form's final state keeps the initial state undecayed by the call's gates",
     ),
@@ -277,8 +277,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "query-state-log-scale-sign",
         "spec/steps.py",
-        "m = lam + decay_from_start + state_scale[..., None]",
-        "m = lam + decay_from_start - state_scale[..., None]",
+        "return num, den, lam + decay_from_start + sums.M[..., None]",
+        "return num, den, lam + decay_from_start - sums.M[..., None]",
         (STATE_TESTS,),
         "the entering state's log scale subtracted when a query reads it (parallel form)",
     ),
@@ -294,8 +294,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "log-scale-sign-on-resume",
         "spec/prepare.py",
-        "return packed, xp.broadcast_to(xp.astype(state.log_scale, work), batch)",
-        "return packed, -xp.broadcast_to(xp.astype(state.log_scale, work), batch)",
+        "initial_scale = xp.broadcast_to(xp.astype(state.log_scale, state_dtype), batch)",
+        "initial_scale = -xp.broadcast_to(xp.astype(state.log_scale, state_dtype), batch)",
         (STATE_TESTS,),
         "a resumed state's log scale read with the wrong sign",
     ),

@@ -3,9 +3,11 @@
 A backend is a module with ``supports(request) -> str | None`` (None, or why not) and
 ``run(request, form) -> (y, state)``. It is named here with the array libraries it takes and the
 packages it needs, and never imported until an array of one of its libraries arrives (as einops and
-opt_einsum find their backends). Choice, strongest first: the ``backend=`` argument, ``use(name)``, the
-environment variable SYMPOW_BACKEND, then automatic: the highest-priority backend that takes the arrays'
-library and supports the request, with the reference last.
+opt_einsum find their backends). Choice, strongest first: the ``backend=`` argument, ``use(name)`` (for
+the calls of its own thread), the environment variable SYMPOW_BACKEND, then automatic: the
+highest-priority backend that takes the arrays' library and supports the request, with the reference
+last. Selection is plain Python over shapes and options, which torch.compile traces (a compiled graph
+keeps the backend it was traced with).
 
 A named backend (by any of the three) runs a request exactly when ``supports`` accepts it: one rule,
 whichever way it was named. A module may also define ``automatic(request) -> str | None``, why it should
@@ -16,10 +18,11 @@ CUDA simulator: NumPy arrays would all go to that slow path); automatic choice a
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import importlib
 import importlib.util
 import os
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -49,7 +52,8 @@ class Backend:
         return "*" in self.libraries or library in self.libraries
 
     def load(self) -> ModuleType:
-        return importlib.import_module(self.module)
+        # sys.modules first: torch.compile traces a lookup there, not an import
+        return sys.modules.get(self.module) or importlib.import_module(self.module)
 
     def unavailable(self) -> str | None:
         """None if this backend can run here, else the reason."""
@@ -61,7 +65,9 @@ class Backend:
 
 
 _REGISTRY: dict[str, Backend] = {}
-_chosen: contextvars.ContextVar[str | None] = contextvars.ContextVar("sympow_backend", default=None)
+_chosen = threading.local()  # .names: the stack of use() blocks in force in this thread (the innermost last);
+# a thread-local rather than a ContextVar, whose get torch.compile cannot trace (a compiled decoding step
+# calls attention, which selects a backend)
 
 
 def register(backend: Backend) -> None:
@@ -100,11 +106,12 @@ def use(name: str) -> Iterator[None]:
     """Run the calls inside the block on backend ``name`` (unless ``backend=`` says otherwise)."""
     if name not in _REGISTRY:
         raise ValueError(f"backend must be one of {sorted(_REGISTRY)}, got {name!r}")
-    token = _chosen.set(name)
+    names = _chosen.__dict__.setdefault("names", [])
+    names.append(name)
     try:
         yield
     finally:
-        _chosen.reset(token)
+        names.pop()
 
 
 def requested_name(argument: Any) -> str | None:
@@ -119,9 +126,9 @@ def requested_name(argument: Any) -> str | None:
                 f"{type(argument).__name__}"
             )
         return _known(argument, "backend")
-    chosen = _chosen.get()
-    if chosen is not None:
-        return chosen
+    names = getattr(_chosen, "names", None)
+    if names:
+        return names[-1]
     variable = os.environ.get(ENVIRONMENT_VARIABLE)
     if variable:
         return _known(variable, f"the environment variable {ENVIRONMENT_VARIABLE}")

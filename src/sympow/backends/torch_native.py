@@ -12,7 +12,10 @@ differs by framework:
   in ``request.state_dtype`` (math.md 9), as on every backend.
 
 Everything after validation (``forward``) is tensor code: differentiable (autograd, gradcheck) and
-compiled by ``torch.compile(fullgraph=True)``.
+compiled by ``torch.compile(fullgraph=True)``. So is a whole call of ``sympow.attention``, validation and
+the registry's choice included (they read shapes and options, and skip the value checks of traced
+arrays, which ``spec.poison`` then carries as NaN): a decoding step compiles into one graph
+(examples/decode.py).
 """
 
 from __future__ import annotations

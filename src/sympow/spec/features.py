@@ -45,34 +45,66 @@ def feature_table(d: int, p: int) -> tuple[tuple[tuple[int, ...], ...], tuple[fl
     return indices, tuple(coefficients)
 
 
-_coefficient_cache: dict[tuple[Any, ...], Any] = {}
+OUTER_PRODUCT_ENTRIES = 1 << 22  # the largest outer product ``monomials`` forms for one degree (entries)
+_on_device: dict[tuple[Any, ...], Any] = {}
+
+
+@static
+def feature_coefficients(d: int, p: int) -> tuple[float, ...]:
+    """The coefficients of phi_p on R^d (``feature_table``)."""
+    return feature_table(d, p)[1]
 
 
 def coefficients_on(xp: Any, dev: Any, dtype: Any, d: int, p: int) -> Any:
-    """The coefficients of phi_p as an array of ``xp`` on ``dev``, cached when concrete (arrays made while
-    JAX traces a function belong to that trace and are not kept)."""
-    key = (xp.__name__, str(dev), str(dtype), d, p)
-    if key in _coefficient_cache:
-        return _coefficient_cache[key]
-    coefficients = xp.asarray(feature_table(d, p)[1], dtype=dtype, device=dev)
-    if is_concrete(coefficients):
-        _coefficient_cache[key] = coefficients
-    return coefficients
+    """The coefficients of phi_p as an array of ``xp`` on ``dev`` (``_table_on``)."""
+    return _table_on(xp, dev, dtype, feature_coefficients, d, p)
+
+
+def _table_on(xp: Any, dev: Any, dtype: Any, table: Any, *args: Any) -> Any:
+    """A static table (``table(*args)``, a tuple of numbers) as an array
+    of ``xp`` on ``dev``, made once and cached when concrete (arrays made while JAX traces a function
+    belong to that trace and are not kept): a decoding step builds no constant twice."""
+    key = (xp.__name__, str(dev), str(dtype), table.__name__, *args)
+    if key in _on_device:
+        return _on_device[key]
+    array = xp.asarray(table(*args), dtype=dtype, device=dev)
+    if is_concrete(array):
+        _on_device[key] = array
+    return array
+
+
+@static
+def suffix_positions(d: int, n: int) -> tuple[int, ...]:
+    """Where the degree-n monomials sit in the flattened outer product [d, C(d+n-2, n-1)] of x with the
+    degree n-1 monomials, in ``feature_table`` order: for each i, the suffix of ``monomials``' doc."""
+    total = math.comb(d + n - 2, n - 1)
+    starts = (total - math.comb(d - i + n - 2, n - 1) for i in range(d))
+    return tuple(i * total + j for i, start in enumerate(starts) for j in range(start, total))
 
 
 def monomials(x: Any, p: int, xp: Any) -> Any:
     """prod_r x_{i_r} over the sorted multisets (i_1 <= ... <= i_p), in ``feature_table`` order.
 
-    Built degree by degree without an index gather: in lexicographic order the multisets of size n that
-    start with i are i followed by those of size n-1 whose entries are all >= i, a contiguous suffix of
-    the size n-1 list that starts after the C(d+n-2, n-1) - C(d-i+n-2, n-1) multisets with a smaller entry.
+    Built degree by degree: in lexicographic order the multisets of size n that start with i are i
+    followed by those of size n-1 whose entries are all >= i, a contiguous suffix of the size n-1 list
+    that starts after the C(d+n-2, n-1) - C(d-i+n-2, n-1) multisets with a smaller entry. Each degree is
+    the d products of x_i with their suffixes, joined; for few tokens (an outer product of at most
+    ``OUTER_PRODUCT_ENTRIES`` entries) the same products are taken in three operations instead of d + 1,
+    from the outer product of x with the degree below (``suffix_positions``): the same numbers bit for
+    bit, at the cost that a decoding step pays in operations rather than in data.
     """
     d = x.shape[-1]
     if p == 0:
         return xp.ones((*x.shape[:-1], 1), dtype=x.dtype, device=device(x))
+    lead = x.shape[:-1]
     current = x
     for n in range(2, p + 1):
         total = math.comb(d + n - 2, n - 1)
+        if math.prod(lead) * d * total <= OUTER_PRODUCT_ENTRIES:
+            outer = xp.reshape(x[..., :, None] * current[..., None, :], (*lead, d * total))
+            positions = _table_on(xp, device(x), xp.int32, suffix_positions, d, n)  # < OUTER_PRODUCT_ENTRIES
+            current = xp.take(outer, positions, axis=-1)
+            continue
         blocks = [
             x[..., i : i + 1] * current[..., total - math.comb(d - i + n - 2, n - 1) :] for i in range(d)
         ]

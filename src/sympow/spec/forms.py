@@ -32,13 +32,14 @@ from .features import scaled
 from .prepare import Prepared, unpack_state
 from .state import State
 from .steps import (
+    Element,
     attend,
     chunk_states,
+    extend,
     finish,
     finite_or_zero,
     merge,
-    query_states,
-    scan_states,
+    query_sums,
 )
 from .weights import causal_mask, prefix_sums, segment_sums, suffix_sums
 
@@ -68,31 +69,31 @@ def _rows(x: Any, r0: int, r1: int) -> Any:
 
 
 def _final_state(p: Prepared, g: Any, k_features: Any, k_lam: Any) -> State:
-    """The initial state decayed by every gate, plus the whole sequence as one chunk (the chunk alone,
-    with no empty state made and scanned, when nothing is resumed: the scan would return it unchanged)."""
+    """The whole call as one block of keys (step 2), added to the resumed state decayed by every gate
+    (step 3, ``extend``) where there is one."""
     xp = p.xp
     g = p.for_state(g)
-    states, scales = chunk_states(
-        k_features, k_lam, suffix_sums(g, xp), p.for_state(p.v), p.for_state(p.key_weight), xp
-    )
-    if not p.resumed:
-        return unpack_state(states, scales, p)
-    total = xp.sum(g, axis=-1)
-    _, _, final, final_scale = scan_states(
-        states[..., None, :, :], scales[..., None], total[..., None], p.initial, p.initial_scale, xp
-    )
-    return unpack_state(final, final_scale, p)
+    decayed = None
+    if p.resumed:
+        decayed = Element(None, p.initial_scale + xp.sum(g, axis=-1), p.initial_S, p.initial_z)
+    keys = chunk_states(
+        k_features, k_lam, suffix_sums(g, xp), p.for_state(p.v), p.for_state(p.key_weight), xp,
+        None if decayed is None else decayed.M,
+    )  # fmt: skip
+    final = keys if decayed is None else extend(decayed, keys, xp)
+    return p.state_class(S=final.S, z=final.z, mu=p.mu_end, log_scale=final.M)
 
 
-def query_rows(p: Prepared, state: Any, scale: Any, r0: int, r1: int) -> tuple[Any, Any, Any]:
-    """The partial (num, den, m) of queries r0..r1-1 against a state SZ [B, D, H*(e+1)] of log scale
-    [B] that enters before token 0 (decayed by the gates up to each query), in the scores' dtype."""
+def query_rows(p: Prepared, r0: int, r1: int) -> tuple[Any, Any, Any]:
+    """The partial (num, den, m) of queries r0..r1-1 against the resumed state, which enters before
+    token 0 (decayed by the gates up to each query), in the scores' dtype."""
     xp = p.xp
     direction = (p.q_dir[0][..., r0:r1, :], p.q_dir[1][..., r0:r1])
     q_features, q_lam = scaled(p.kernel, None, xp, p.state_direction(direction))
     from_start = prefix_sums(p.for_state(_gates(p)), xp)[..., r0:r1]
     query_weight = _rows(p.for_state(p.query_weight), r0, r1)
-    return p.back(query_states(q_features, q_lam, from_start, state, scale, query_weight, p.e, xp))
+    resumed = Element(None, p.initial_scale, p.initial_S, p.initial_z)
+    return p.back(query_sums(q_features, q_lam, from_start, resumed, query_weight, xp))
 
 
 def output(partial: tuple[Any, Any, Any], p: Prepared, finished: bool) -> Any:
@@ -166,7 +167,7 @@ def parallel(p: Prepared, return_state: bool, finished: bool = True) -> Result:
         key = (p.k_dir[0][..., k0:r1, :], p.k_dir[1][..., k0:r1])
         partial = attend(p.kernel, query, key, p.v[..., k0:r1, :], log_weight, weight, xp)
         if p.resumed:
-            partial = merge(partial, query_rows(p, p.initial, p.initial_scale, r0, r1), xp)
+            partial = merge(partial, query_rows(p, r0, r1), xp)
         outputs.append(output(partial, p, finished))
     y = _concat_rows(outputs, xp)
     if not return_state:

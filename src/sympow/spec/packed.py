@@ -35,8 +35,8 @@ from array_api_compat import device
 
 from .concrete import is_concrete
 from .features import scaled
-from .prepare import Prepared, pack_state, prepare, unpack_state
-from .steps import chunk_states, finish, finite_or_zero, merge, query_states
+from .prepare import Prepared, prepare
+from .steps import Element, chunk_states, extend, finish, merge, query_sums
 from .weights import prefix_sums, suffix_sums
 
 
@@ -131,32 +131,39 @@ def run(request: Any, form: str, executor: Any) -> tuple[Any, Any]:
 def _pieces_scan(p: Prepared, request: Any, seg: Segments, pcs: Pieces) -> list[Any]:
     """Parts 2 and 3 of the module doc, one ``p.scan`` step per piece: [the partial (num, den, m) of every
     token against its sequence's initial state, if there is one], [the final State, if asked for]."""
-    xp, e, kernel = p.xp, p.e, p.kernel
+    xp, kernel = p.xp, p.kernel
     resumed, finals = request.initial_state is not None, request.return_state
     batch = p.yq.shape[:-2]
-    lead = (seg.count, *batch)
-    initial, initial_scale = pack_state(request.initial_state, request, p.state_dtype, lead=lead)
-    if initial is None:
-        size = kernel.feature_size(p.yq.shape[-1])
-        initial = xp.zeros((*batch, size, p.halves * (e + 1)), dtype=p.state_dtype, device=device(p.yq))
+    size = p.halves * kernel.feature_size(p.yq.shape[-1])
+    dev = device(p.yq)
+    zero_scale = xp.full(batch, -math.inf, dtype=p.state_dtype, device=dev)
+    empty = (  # the carry's shapes: one sequence's sums, batch-wide
+        xp.zeros((*batch, size, p.e), dtype=p.state_dtype, device=dev),
+        xp.zeros((*batch, size), dtype=p.state_dtype, device=dev),
+    )
+    if resumed:  # one state per sequence [N, *batch, ...]
+        initial = request.initial_state
+        lead = (seg.count, *batch)
+        S0, z0 = (xp.astype(x, p.state_dtype, copy=False) for x in (initial.S, initial.z))
+        S0, z0 = xp.broadcast_to(S0, (*lead, size, p.e)), xp.broadcast_to(z0, (*lead, size))
+        scale0 = xp.broadcast_to(xp.astype(initial.log_scale, p.state_dtype), lead)
     gates = p.for_state(p.unbroken_g)
     query_weight, key_weight = p.for_state(p.query_weight), p.for_state(p.key_weight)
 
     def rows(x: Any, tokens: Any, tail: int) -> Any:
         return None if x is None else xp.take(x, tokens, axis=x.ndim - 1 - tail)
 
-    def step(carry: tuple[Any, Any, Any], x: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
-        state, scale, since_start = carry
+    def step(carry: tuple[Any, ...], x: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+        S, z, scale, since_start = carry
         tokens, valid, sequence, first = x
         if resumed:
-            own = xp.take(initial, sequence, axis=0)[0, ...]
-            own_scale = xp.take(initial_scale, sequence, axis=0)[0, ...]
+            own = Element(None, *(xp.take(a, sequence, axis=0)[0, ...] for a in (scale0, S0, z0)))
         else:
-            own, own_scale = xp.zeros_like(state), xp.full_like(scale, -math.inf)
-        state = xp.where(first, own, state)
-        scale = xp.where(first, own_scale, scale)
+            own = Element(None, xp.full_like(scale, -math.inf), xp.zeros_like(S), xp.zeros_like(z))
+        S, z = xp.where(first, own.S, S), xp.where(first, own.z, z)
+        scale = xp.where(first, own.M, scale)
         since_start = xp.where(first, xp.zeros_like(since_start), since_start)
-        g = xp.zeros((*batch, tokens.shape[0]), dtype=p.state_dtype, device=device(p.yq))
+        g = xp.zeros((*batch, tokens.shape[0]), dtype=p.state_dtype, device=dev)
         if gates is not None:
             g = xp.where(valid, rows(gates, tokens, 0), g)
         out: tuple[Any, ...] = ()
@@ -164,47 +171,39 @@ def _pieces_scan(p: Prepared, request: Any, seg: Segments, pcs: Pieces) -> list[
             direction = (rows(p.q_dir[0], tokens, 1), rows(p.q_dir[1], tokens, 0))
             features, lam = scaled(kernel, None, xp, p.state_direction(direction))
             decay = since_start[..., None] + prefix_sums(g, xp)
-            out += query_states(features, lam, decay, own, own_scale, rows(query_weight, tokens, 1), e, xp)
+            out += query_sums(features, lam, decay, own, rows(query_weight, tokens, 1), xp)
         total = xp.sum(g, axis=-1)
         if finals:
             direction = (rows(p.k_dir[0], tokens, 1), rows(p.k_dir[1], tokens, 0))
             features, lam = scaled(kernel, None, xp, p.state_direction(direction))
             to_end = xp.where(valid, suffix_sums(g, xp), xp.full_like(g, -math.inf))
             values = p.for_state(rows(p.v, tokens, 1))
-            piece, piece_scale = chunk_states(features, lam, to_end, values, rows(key_weight, tokens, 1), xp)
-            decayed = scale + total
-            new_scale = xp.maximum(decayed, piece_scale)
-            reference = finite_or_zero(new_scale, xp)
-            state = (
-                xp.exp(decayed - reference)[..., None, None] * state
-                + xp.exp(piece_scale - reference)[..., None, None] * piece
-            )
-            scale = new_scale
-            out += (state, scale)
-        return (state, scale, since_start + total), out
+            decayed = Element(None, scale + total, S, z)
+            piece = chunk_states(features, lam, to_end, values, rows(key_weight, tokens, 1), xp, decayed.M)
+            state = extend(decayed, piece, xp)
+            S, z, scale = state.S, state.z, state.M
+            out += (S, z, scale)
+        return (S, z, scale, since_start + total), out
 
-    zero_scale = xp.full(batch, -math.inf, dtype=p.state_dtype, device=device(p.yq))
-    carry = (xp.zeros_like(initial[0, ...]) if resumed else initial, zero_scale, xp.zeros_like(zero_scale))
+    carry = (*empty, zero_scale, xp.zeros_like(zero_scale))
     _, out = p.scan(step, carry, (pcs.tokens, pcs.valid, pcs.sequence, pcs.first))
     results: list[Any] = []
     if resumed:
         num, den, m = (xp.moveaxis(x, 0, len(batch)) for x in out[:3])  # [B, P, W, ...]
         flat = pcs.count * pcs.window
-        num = xp.reshape(num, (*batch, flat, e))
+        num = xp.reshape(num, (*batch, flat, p.e))
         den, m = (xp.reshape(x, (*batch, flat)) for x in (den, m))
         results.append(p.back((xp.take(num, pcs.slot, axis=-2), xp.take(den, pcs.slot, axis=-1),
                                xp.take(m, pcs.slot, axis=-1))))  # fmt: skip
         out = out[3:]
     if finals:
-        states, scales = xp.take(out[0], pcs.last, axis=0), xp.take(out[1], pcs.last, axis=0)
-        empty = seg.lengths == 0  # an empty sequence returns its initial state (or an empty one)
-        if resumed:
-            initial_scale = xp.broadcast_to(initial_scale, scales.shape)
-        else:
-            initial, initial_scale = xp.zeros_like(states), xp.full_like(scales, -math.inf)
-        states = xp.where(_along_first(empty, states.ndim, xp), initial, states)
-        scales = xp.where(_along_first(empty, scales.ndim, xp), initial_scale, scales)
-        results.append(unpack_state(states, scales, p))
+        S, z, scales = (xp.take(x, pcs.last, axis=0) for x in out)
+        if not resumed:  # an empty sequence returns its initial state (or an empty one)
+            S0, z0, scale0 = xp.zeros_like(S), xp.zeros_like(z), xp.full_like(scales, -math.inf)
+        is_empty = seg.lengths == 0
+        S, z, scales = (xp.where(_along_first(is_empty, a.ndim, xp), a0, a)
+                        for a, a0 in ((S, S0), (z, z0), (scales, scale0)))  # fmt: skip
+        results.append(p.state_class(S=S, z=z, mu=p.mu_end, log_scale=scales))
     return results
 
 

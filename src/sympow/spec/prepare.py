@@ -34,13 +34,17 @@ class Prepared:
     yq, yk [B, T, d]: sigma^{1/2} R(mu_t) x_t (rectified for relu), with their directions q_dir, k_dir
     (u [B, T, d], log norm [B, T]: ``features.log_norm``, computed once for every step); v [B, T, e]; g [B, T]
     log-gates or None; a, b [B, T] proportions or None, with query_weight and key_weight [B, T, H] their
-    (cos, sin)(pi a / 2) and (cos, sin)(pi b / 2); the initial state ``initial`` SZ [B, D, H*(e+1)] and
-    its log scale ``initial_scale`` M [B] (zero and -inf unless ``resumed``); mu_end [B, d/2] (mod 2 pi)
-    or None. The state path works in ``state_dtype``.
+    (cos, sin)(pi a / 2) and (cos, sin)(pi b / 2); the resumed sums ``initial_S`` [.., D', e] and
+    ``initial_z`` [.., D'] as the State holds them (None unless ``resumed``) and the log scale
+    ``initial_scale`` M [B] (-inf unless resumed); mu_end [B, d/2] (mod 2 pi) or None. The state path
+    works in ``state_dtype``.
 
-    A resumed state is packed once (``packed``); an empty one is not held at all: ``initial`` makes its
-    zeros when a form asks for them (the recurrent and chunked forms start from it; the parallel form
-    reads only a resumed one), so that a parallel call allocates no state it does not return.
+    The resumed sums are kept in the State's own layout and leading axes (broadcasting against B where
+    they are used), with no copy where they already have the state dtype: the parallel form, which
+    serves decoding (T = 1), queries and extends them there, so a decoding step reads the state once
+    and writes it once, as its arithmetic does. The recurrent and chunked forms take the packed
+    SZ [B, D, H*(e+1)] of ``initial`` (one copy, made when asked for); for an empty state it is zeros
+    made then, so that a parallel call allocates no state it does not return.
     """
 
     xp: Any
@@ -55,9 +59,9 @@ class Prepared:
     b: Any
     query_weight: Any
     key_weight: Any
-    packed: Any  # the resumed state SZ [B, D, H*(e+1)], or None for an empty one (see ``initial``)
+    initial_S: Any  # the resumed S [.., D', e] in the state dtype, or None (see ``initial``)
+    initial_z: Any  # the resumed z [.., D'], or None
     initial_scale: Any
-    resumed: bool
     mu_end: Any
     normalize: bool
     eps: float
@@ -81,14 +85,18 @@ class Prepared:
         return 1 if self.key_weight is None else self.key_weight.shape[-1]
 
     @property
+    def resumed(self) -> bool:
+        return self.initial_S is not None
+
+    @property
     def initial(self) -> Any:
-        """SZ [B, D, H*(e+1)] of the initial state: the resumed one, or zeros made now (a fresh array at
-        each access; a form reads it once)."""
-        if self.packed is not None:
-            return self.packed
-        xp, halves = self.xp, self.halves
-        shape = (*self.yq.shape[:-2], self.kernel.feature_size(self.yq.shape[-1]), halves * (self.e + 1))
-        return xp.zeros(shape, dtype=self.state_dtype, device=device(self.yq))
+        """SZ [B, D, H*(e+1)] of the initial state: the resumed one packed, or zeros, made now (a fresh
+        array at each access; a form reads it once)."""
+        batch = self.yq.shape[:-2]
+        if self.resumed:
+            return pack_sums(self.initial_S, self.initial_z, batch, self.halves, self.xp)
+        shape = (*batch, self.kernel.feature_size(self.yq.shape[-1]), self.halves * (self.e + 1))
+        return self.xp.zeros(shape, dtype=self.state_dtype, device=device(self.yq))
 
     def back(self, partial: tuple[Any, ...]) -> tuple[Any, ...]:
         """A partial result (num, den, m) of the state path, in the compute dtype of the scores."""
@@ -163,13 +171,17 @@ def prepare(
         query_weight, key_weight = (_half_weights(x, xp) for x in (a, b))
     state_dtype = getattr(xp, request.state_dtype)
     state = state if resume else None
-    packed, initial_scale = pack_state(state, request, state_dtype)
+    initial_S = initial_z = None
+    initial_scale = xp.full(batch, -math.inf, dtype=state_dtype, device=request.device)
+    if state is not None:
+        initial_S, initial_z = (xp.astype(x, state_dtype, copy=False) for x in (state.S, state.z))
+        initial_scale = xp.broadcast_to(xp.astype(state.log_scale, state_dtype), batch)
     yq, yk = q * root_scale, k * root_scale
     return Prepared(
         xp=xp, kernel=request.kernel, yq=yq, yk=yk, q_dir=log_norm(yq, xp), k_dir=log_norm(yk, xp), v=v,
         g=g, a=a, b=b,
-        query_weight=query_weight, key_weight=key_weight, packed=packed,
-        initial_scale=initial_scale, resumed=state is not None, mu_end=mu_end,
+        query_weight=query_weight, key_weight=key_weight, initial_S=initial_S, initial_z=initial_z,
+        initial_scale=initial_scale, mu_end=mu_end,
         normalize=request.normalize, eps=request.eps, chunk_size=request.chunk_size,
         state_dtype=state_dtype, scan=executor.scan(xp), state_class=request.state_class,
         unbroken_g=unbroken_g, starts=request.packed_starts,
@@ -200,25 +212,15 @@ def _half_weights(x: Any, xp: Any) -> Any:
     return xp.stack([xp.cos(angle), xp.sin(angle)], axis=-1)
 
 
-def pack_state(
-    state: State | None, request: Request, work: Any, lead: tuple[int, ...] | None = None
-) -> tuple[Any, Any]:
-    """State (S [.., H*D, e], z [.., H*D]) -> SZ [B, D, H*(e+1)] and log scale [B]; for no State, None
-    (an empty SZ is made only where a form uses it: ``Prepared.initial``) and -inf. ``lead`` replaces
-    the batch shape B (packed sequences: [N, B])."""
-    xp = request.xp
-    batch = request.batch_shape if lead is None else lead
-    halves, e = request.halves, request.e
-    size = request.feature_size // halves
-    if state is None:
-        return None, xp.full(batch, -math.inf, dtype=work, device=request.device)
-    S = xp.broadcast_to(xp.astype(state.S, work), (*batch, halves * size, e))
-    z = xp.broadcast_to(xp.astype(state.z, work), (*batch, halves * size))
+def pack_sums(S: Any, z: Any, batch: tuple[int, ...], halves: int, xp: Any) -> Any:
+    """(S [.., H*D, e], z [.., H*D]) -> SZ [*batch, D, H*(e+1)], the halves side by side (a copy)."""
+    size, e = S.shape[-2] // halves, S.shape[-1]
+    S = xp.broadcast_to(S, (*batch, halves * size, e))
+    z = xp.broadcast_to(z, (*batch, halves * size))
     sz = xp.concat([S, z[..., None]], axis=-1)
     sz = xp.reshape(sz, (*batch, halves, size, e + 1))
     sz = xp.permute_dims(sz, (*range(len(batch)), len(batch) + 1, len(batch), len(batch) + 2))
-    packed = xp.reshape(sz, (*batch, size, halves * (e + 1)))
-    return packed, xp.broadcast_to(xp.astype(state.log_scale, work), batch)
+    return xp.reshape(sz, (*batch, size, halves * (e + 1)))
 
 
 def unpack_state(packed: Any, scale: Any, prepared: Prepared) -> State:

@@ -36,7 +36,6 @@ import contextvars
 import math
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from array_api_compat import device
@@ -45,10 +44,10 @@ from .checks import Request
 from .executor import Executor
 from .forms import FORMS, query_by_chunks
 from .poison import call_flag, poisoned
-from .prepare import pack_state, prepare
+from .prepare import pack_sums, prepare
 from .rotary import _wrap, accumulate_angles, has_float64
 from .state import State
-from .steps import finish, finite_or_zero, merge
+from .steps import Element, combine, finish, merge
 
 LATENCY = 20e-6  # seconds per collective (order of NCCL's and of gloo's on one host)
 BANDWIDTH = 25e9  # bytes per second per member
@@ -104,43 +103,6 @@ class Group(Protocol):
     def shift(self, x: Any, s: int) -> Any: ...
 
     def last(self, x: Any) -> Any: ...
-
-
-@dataclass(frozen=True)
-class Element:
-    """(G, M, S, z): a slice's total log-gate G [B], and its sums exp(M) S [B, D', e], exp(M) z [B, D']."""
-
-    G: Any
-    M: Any
-    S: Any
-    z: Any
-
-    def fields(self) -> tuple[Any, Any, Any, Any]:
-        return self.G, self.M, self.S, self.z
-
-    def flat(self, xp: Any) -> Any:
-        """[B, n]: (G, M, S, z) in one array, so that one collective moves an element."""
-        batch = self.G.shape
-        S = xp.reshape(self.S, (*batch, self.S.shape[-2] * self.S.shape[-1]))
-        return xp.concat([self.G[..., None], self.M[..., None], S, self.z], axis=-1)
-
-    def like(self, flat: Any, xp: Any) -> Element:
-        """The element held in ``flat`` (of ``flat``'s shape), with this one's shapes."""
-        D, e = self.S.shape[-2:]
-        S = xp.reshape(flat[..., 2 : 2 + D * e], (*flat.shape[:-1], D, e))
-        return Element(flat[..., 0], flat[..., 1], S, flat[..., 2 + D * e :])
-
-
-def combine(first: Element, second: Element, xp: Any) -> Element:
-    """first . second: the first slice's sums decayed by the second's gates, plus the second's."""
-    decayed = first.M + second.G
-    M = xp.maximum(decayed, second.M)
-    reference = finite_or_zero(M, xp)
-    w1, w2 = xp.exp(decayed - reference), xp.exp(second.M - reference)
-    return Element(
-        first.G + second.G, M, w1[..., None, None] * first.S + w2[..., None, None] * second.S,
-        w1[..., None] * first.z + w2[..., None] * second.z,
-    )  # fmt: skip
 
 
 def _where(condition: Any, a: Any, b: Any, xp: Any) -> Any:
@@ -369,7 +331,8 @@ def run(request: Request, form: str, executor: Executor, exchange: str) -> tuple
         first = Element(xp.zeros_like(start), start, S0, z0)
         entering = combine(first, entering, xp)
         total = None if total is None else combine(first, total, xp)
-    packed, scale = pack_state(State(entering.S, entering.z, None, entering.M), request, p.state_dtype)
+    packed = pack_sums(entering.S, entering.z, request.batch_shape, request.halves, xp)
+    scale = xp.broadcast_to(entering.M, request.batch_shape)
     y = finish(merge(partial, query_by_chunks(p, packed, scale), xp), p.normalize, p.eps, xp)
     final = None
     if request.return_state:

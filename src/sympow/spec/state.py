@@ -28,7 +28,6 @@ its shapes only.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -77,12 +76,20 @@ class State(NamedTuple):
         return self.S * factor[..., None, None], self.z * factor[..., None]
 
 
-@functools.cache
+_STATE_TYPES: dict[Producer, type[State]] = {}
+
+
 def state_type(producer: Producer | None) -> type[State]:
-    """The State class that records ``producer`` (``State`` itself for None); one class per producer."""
+    """The State class that records ``producer`` (``State`` itself for None); one class per producer,
+    made at its first use and then looked up (a plain dict: torch.compile traces the lookup, not the
+    making of a class)."""
     if producer is None:
         return State
-    return type("State", (State,), {"__slots__": (), "producer": producer, "__module__": __name__})
+    kind = _STATE_TYPES.get(producer)
+    if kind is None:
+        kind = type("State", (State,), {"__slots__": (), "producer": producer, "__module__": __name__})
+        _STATE_TYPES[producer] = kind
+    return kind
 
 
 def _restore(producer: Producer | None, fields: tuple[Any, ...]) -> State:

@@ -5,21 +5,23 @@ Notation (math.md): y = sigma^{1/2} x (rotated, and rectified for relu), phi(y) 
 key weights (cos, sin)(pi b_j/2)) and H = 1 without. A partial result is a triple (num, den, m) standing
 for N = exp(m) num and Z = exp(m) den, so that nothing overflows however large the scores.
 
-The state is packed as SZ [..., D, H*(e+1)]: for each half h the columns [h*(e+1), (h+1)*(e+1)) hold
-(S_h | z_h); the true sums are exp(M) SZ with M [...] the log scale (-inf for an empty state).
+Sums are held in the State's layout (``Element``): S [.., H*D, e] and z [.., H*D], half h in rows
+[h*D, (h+1)*D), the true sums exp(M) S and exp(M) z with M [...] the log scale (-inf for an empty state).
+They are read and written where they lie, with no packed copy, so that a decoding step (T = 1) reads the
+state once and writes the next once, as its arithmetic does. (The recurrent and chunked forms pack
+(S_h | z_h) side by side as SZ [..., D, H*(e+1)] inside their loops, where one product serves both.)
 
 1. ``attend``: the masked, weighted score matrix of a block of queries against a block of keys.
-2. ``chunk_states``: sum_j exp(lam_j + G_j->end) f_j (w_j v_j^T | w_j) of each chunk.
-3. ``scan_states``: the discounted running sum of chunk states, the state entering each chunk.
-4. ``query_states``: f_i^T SZ of each query against the state entering its chunk.
+2. ``chunk_states``: sum_j exp(lam_j + G_j->end) f_j (w_j v_j^T | w_j) of a block of keys.
+3. ``combine`` and ``extend``: a state decayed by a block's gates plus the block's sums.
+4. ``query_sums``: f_i^T (S, z) of each query against the state entering its block.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
-
-from array_api_compat import device
 
 from .features import safe_log
 from .kernel import Kernel
@@ -28,6 +30,34 @@ from .kernel import Kernel
 def finite_or_zero(m: Any, xp: Any) -> Any:
     """m where finite, else 0: the safe reference point of an exp(x - m)."""
     return xp.where(xp.isfinite(m), m, xp.zeros_like(m))
+
+
+@dataclass(frozen=True)
+class Element:
+    """(G, M, S, z): a stretch of tokens as step 3 combines it, in the State's layout: its total log-gate
+    G [B] and its sums exp(M) S [.., D', e], exp(M) z [.., D'] (M [B]; S and z may have fewer or unit
+    leading axes, broadcasting against B). Sequence parallelism combines members' slices with it, and the
+    parallel form a resumed state with the call's keys."""
+
+    G: Any
+    M: Any
+    S: Any
+    z: Any
+
+    def fields(self) -> tuple[Any, Any, Any, Any]:
+        return self.G, self.M, self.S, self.z
+
+    def flat(self, xp: Any) -> Any:
+        """[B, n]: (G, M, S, z) in one array, so that one collective moves an element."""
+        batch = self.G.shape
+        S = xp.reshape(self.S, (*batch, self.S.shape[-2] * self.S.shape[-1]))
+        return xp.concat([self.G[..., None], self.M[..., None], S, self.z], axis=-1)
+
+    def like(self, flat: Any, xp: Any) -> Element:
+        """The element held in ``flat`` (of ``flat``'s shape), with this one's shapes."""
+        D, e = self.S.shape[-2:]
+        S = xp.reshape(flat[..., 2 : 2 + D * e], (*flat.shape[:-1], D, e))
+        return Element(flat[..., 0], flat[..., 1], S, flat[..., 2 + D * e :])
 
 
 def attend(
@@ -112,82 +142,74 @@ def chunk_states(
     v: Any,
     key_weight: Any,
     xp: Any,
-) -> tuple[Any, Any]:
-    """Step 2: (SZ [..., D, H*(e+1)], m [...]) of one block of keys, or of many along a chunk axis.
+    floor: Any = None,
+) -> Element:
+    """Step 2: the sums (S [..., H*D, e], z [..., H*D], M [...]) of one block of keys.
 
     features [..., C, D] and lam [..., C] are the keys' scaled features, decay_to_end [..., C] the gates
     after each key to the block's end (-inf for padding), v [..., C, e], key_weight [..., C, H] or None.
-    SZ = sum_j exp(lam_j + decay_j - m) f_j (w_jh v_j^T | w_jh) for each half h.
+    For each half h, exp(M) (S_h | z_h) = sum_j exp(lam_j + decay_j) f_j (w_jh v_j^T | w_jh), with M the
+    largest lam_j + decay_j, or at least ``floor`` [...] where given: the decayed scale of a state these
+    keys are added to (``extend``), which then needs no rescaling of the block's sums. G is left None.
     """
     log_weight = lam + decay_to_end
     m = xp.max(log_weight, axis=-1)
-    scale = xp.exp(log_weight - finite_or_zero(m, xp)[..., None])
-    ones = xp.ones((*v.shape[:-1], 1), dtype=v.dtype, device=device(v))
-    values = xp.concat([v, ones], axis=-1) * scale[..., None]
-    if key_weight is not None:
-        halves = [values * key_weight[..., h : h + 1] for h in range(key_weight.shape[-1])]
-        values = xp.concat(halves, axis=-1)
-    return xp.matrix_transpose(features) @ values, m
+    if floor is not None:
+        m = xp.maximum(m, floor)
+    scale = xp.exp(log_weight - finite_or_zero(m, xp)[..., None])  # [..., C]
+    keys = xp.matrix_transpose(features)  # [..., D, C]
+    if key_weight is None:
+        return Element(None, m, keys @ (v * scale[..., None]), (keys @ scale[..., None])[..., 0])
+    weights = [scale * key_weight[..., h] for h in range(key_weight.shape[-1])]
+    S = xp.concat([keys @ (v * w[..., None]) for w in weights], axis=-2)
+    z = xp.concat([(keys @ w[..., None])[..., 0] for w in weights], axis=-1)
+    return Element(None, m, S, z)
 
 
-def scan_states(
-    states: Any,
-    scales: Any,
-    decays: Any,
-    initial: Any,
-    initial_scale: Any,
-    xp: Any,
-) -> tuple[Any, Any, Any, Any]:
-    """Step 3: the state entering each chunk, and the final state.
+def combine(first: Element, second: Element, xp: Any) -> Element:
+    """first . second: the first slice's sums decayed by the second's gates, plus the second's."""
+    decayed = first.M + second.G
+    M = xp.maximum(decayed, second.M)
+    reference = finite_or_zero(M, xp)
+    w1, w2 = xp.exp(decayed - reference), xp.exp(second.M - reference)
+    return Element(
+        first.G + second.G, M, w1[..., None, None] * first.S + w2[..., None, None] * second.S,
+        w1[..., None] * first.z + w2[..., None] * second.z,
+    )  # fmt: skip
 
-    states [..., n, D, W] and scales [..., n] from ``chunk_states``; decays [..., n] the sum of each
-    chunk's gates; initial [..., D, W] with its log scale initial_scale [...]. The running state follows
-    S <- exp(decay) S + S_chunk, kept as exp(M) SZ with M <- max(M + decay, m_chunk).
-    Returns (entering [..., n, D, W], entering_scales [..., n], final SZ, final M).
-    """
-    entering, entering_scales = [], []
-    current, current_scale = initial, initial_scale
-    for c in range(states.shape[-3]):
-        entering.append(current)
-        entering_scales.append(current_scale)
-        decayed = current_scale + decays[..., c]
-        new_scale = xp.maximum(decayed, scales[..., c])
-        reference = finite_or_zero(new_scale, xp)
-        current = (
-            xp.exp(decayed - reference)[..., None, None] * current
-            + xp.exp(scales[..., c] - reference)[..., None, None] * states[..., c, :, :]
-        )
-        current_scale = new_scale
-    return (
-        xp.stack(entering, axis=-3),
-        xp.stack(entering_scales, axis=-1),
-        current,
-        current_scale,
+
+def extend(decayed: Element, block: Element, xp: Any) -> Element:
+    """Step 3 for a block whose sums were made at a scale of at least the state's (``chunk_states``'
+    ``floor`` = decayed.M): the state, already decayed by the block's gates (scale decayed.M), plus the
+    block. Its scale is the block's, so the state is multiplied by exp(decayed.M - block.M) <= 1 once and
+    the block's sums are added as they are (one pass over each). G is left None."""
+    keep = xp.exp(decayed.M - finite_or_zero(block.M, xp))
+    return Element(
+        None, block.M, keep[..., None, None] * decayed.S + block.S, keep[..., None] * decayed.z + block.z
     )
 
 
-def query_states(
-    features: Any,
-    lam: Any,
-    decay_from_start: Any,
-    states: Any,
-    state_scale: Any,
-    query_weight: Any,
-    e: int,
-    xp: Any,
+def query_sums(
+    features: Any, lam: Any, decay_from_start: Any, sums: Element, query_weight: Any, xp: Any
 ) -> tuple[Any, Any, Any]:
-    """Step 4: (num [..., C, e], den [..., C], m [..., C]) of queries against the state entering their block.
+    """Step 4 on sums in the State's layout (``Element``: S [.., H*D, e], z [.., H*D], log scale M [B]),
+    read where they lie, with no packed copy: (num [..., R, e], den [..., R], m [..., R]) with
+    num = sum_h w_ih f_i^T S_h, den = sum_h w_ih f_i^T z_h and m = lam_i + decay_from_start_i + M.
 
-    features [..., C, D], lam [..., C]; decay_from_start [..., C] the gates from the block's start through
-    each query; states [..., D, W] with log scale state_scale [...]; query_weight [..., C, H] or None.
-    """
-    product = features @ states
-    if query_weight is not None:
-        halves = query_weight.shape[-1]
-        product = xp.reshape(product, (*product.shape[:-1], halves, e + 1))
-        product = xp.sum(product * query_weight[..., None], axis=-2)
-    m = lam + decay_from_start + state_scale[..., None]
-    return product[..., :e], product[..., e], m
+    features [..., R, D] (one half's), lam [..., R], decay_from_start [..., R]; query_weight [..., R, H]
+    or None (H = 1)."""
+    halves = 1 if query_weight is None else query_weight.shape[-1]
+    S, z = sums.S, sums.z
+    size, e = S.shape[-2] // halves, S.shape[-1]
+    by_half = features[..., None, :, :]  # [..., 1, R, D] against each half [.., H, D, *]
+    num = by_half @ xp.reshape(S, (*S.shape[:-2], halves, size, e))
+    den = (by_half @ xp.reshape(z, (*z.shape[:-1], halves, size, 1)))[..., 0]
+    if query_weight is None:
+        num, den = num[..., 0, :, :], den[..., 0, :]
+    else:
+        weight = xp.moveaxis(query_weight, -1, -2)  # [..., H, R]
+        num, den = xp.sum(weight[..., None] * num, axis=-3), xp.sum(weight * den, axis=-2)
+    return num, den, lam + decay_from_start + sums.M[..., None]
 
 
 def merge(first: tuple[Any, Any, Any], second: tuple[Any, Any, Any], xp: Any) -> tuple[Any, Any, Any]:
