@@ -20,9 +20,13 @@ is the same arithmetic. Modes:
   as its carry; jax.jit of a lax.scan over the steps with the state as the scan's carry.
 
 Targets (issue 16): per step at most 5x the bare arithmetic eager, 2x compiled (torch), 1.5x (jax).
-Each library runs in its own process.
+Each row also gives the state's bytes per step (one read and one write of S and z) over the step time; on
+a GPU (``--gpu``: the torch backend eager and compiled, and the CuPy and Numba kernels where they run)
+against the device's copy bandwidth, measured in the same run (target >= 50%). Each library and batch
+runs in its own process.
 
     python benchmarks/bench_decode.py            # writes results/decode_cpu.{csv,png}
+    python benchmarks/bench_decode.py --gpu      # writes results/decode_gpu.{csv,png}
     python benchmarks/bench_decode.py --quick    # batch 1, fewer steps and repeats
 """
 
@@ -92,14 +96,17 @@ def bare_step(xp: Any, table: tuple[Any, Any, Any]) -> Any:
     return step
 
 
-def measure_torch(batch: int, steps: int, repeats: int, modes: list[str]) -> list[dict]:
+def measure_torch(
+    batch: int, steps: int, repeats: int, modes: list[str], device: str = "cpu", backend: str | None = None
+) -> list[dict]:
     import torch
 
     import sympow
 
     torch.set_num_threads(2)
     x = inputs("torch", batch, steps)
-    q, k, v, g = x["q"], x["k"], x["v"], x["log_gate"]
+    q, k, v, g = (x[name].to(device) for name in ("q", "k", "v", "log_gate"))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     _, prefilled = sympow.attention(q[..., :PREFILL, :], k[..., :PREFILL, :], v[..., :PREFILL, :],
                                     log_gate=g[..., :PREFILL], return_state=True)  # fmt: skip
     tokens = [(q[..., t : t + 1, :], k[..., t : t + 1, :], v[..., t : t + 1, :], g[..., t : t + 1])
@@ -108,9 +115,11 @@ def measure_torch(batch: int, steps: int, repeats: int, modes: list[str]) -> lis
     bare_tokens = [(a[..., 0, :], b[..., 0, :], c[..., 0, :], h[..., 0]) for a, b, c, h in tokens]
 
     def attend(state: Any, qt: Any, kt: Any, vt: Any, gt: Any) -> Any:
-        return sympow.attention(qt, kt, vt, log_gate=gt, initial_state=state, return_state=True)
+        return sympow.attention(
+            qt, kt, vt, log_gate=gt, initial_state=state, return_state=True, backend=backend
+        )
 
-    bare = bare_step(torch, pair_positions(torch, D_HEAD))
+    bare = bare_step(torch, tuple(a.to(device) for a in pair_positions(torch, D_HEAD)))
     rows = []
     for mode in modes:
         step, plain = attend, bare
@@ -124,6 +133,7 @@ def measure_torch(batch: int, steps: int, repeats: int, modes: list[str]) -> lis
             for token in tokens:
                 y, state = step(state, *token)
                 ys.append(y)
+            sync()
             return ys
 
         def run_bare(plain: Any = plain) -> list[Any]:
@@ -131,6 +141,7 @@ def measure_torch(batch: int, steps: int, repeats: int, modes: list[str]) -> lis
             for token in bare_tokens:
                 S, z, y = plain(S, z, *token)
                 ys.append(y)
+            sync()
             return ys
 
         ours, reference = run_attention(), run_bare()  # also the compilations
@@ -138,8 +149,25 @@ def measure_torch(batch: int, steps: int, repeats: int, modes: list[str]) -> lis
             float((a[..., 0, :] - b).abs().max() / b.abs().max())
             for a, b in zip(ours, reference, strict=True)
         )
-        rows.append(row("torch", mode, batch, steps, repeats, run_attention, run_bare, agreement))
+        where = {"device": device, "backend": backend or "torch", "peak_gbps": peak_bandwidth(device)}
+        rows.append(row("torch", mode, batch, steps, repeats, run_attention, run_bare, agreement, **where))
     return rows
+
+
+def peak_bandwidth(device: str) -> float | None:
+    """GB/s of a 1 GiB device-to-device copy (read and write counted), on CUDA; None on the CPU."""
+    if device != "cuda":
+        return None
+    import torch
+
+    a = torch.empty(2**28, dtype=torch.float32, device="cuda")
+    a.clone()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        a.clone()
+    torch.cuda.synchronize()
+    return 10 * 2 * a.nbytes / (time.perf_counter() - start) / 1e9
 
 
 def measure_jax(batch: int, steps: int, repeats: int, modes: list[str]) -> list[dict]:
@@ -203,21 +231,31 @@ def jax_runs(mode: str, attend: Any, plain: Any, state: Any, carry: Any, xs: Any
 
 
 def row(library: str, mode: str, batch: int, steps: int, repeats: int, ours: Any, bare: Any,
-        agreement: float) -> dict:  # fmt: skip
-    """Both runs timed interleaved (ours, bare, ours, ...), so that drift in the machine hits both."""
+        agreement: float, device: str = "cpu", backend: str | None = None,
+        peak_gbps: float | None = None) -> dict:  # fmt: skip
+    """Both runs timed interleaved (ours, bare, ours, ...), so that drift in the machine hits both. The
+    state's bytes per step are one read and one write of S and z (float32), the least any step moves."""
     ours_times, bare_times = [], []
     for _ in range(repeats):
         ours_times.append(median_time(ours, 1))
         bare_times.append(median_time(bare, 1))
     step_ms = 1e3 * statistics.median(ours_times) / steps
     bare_ms = 1e3 * statistics.median(bare_times) / steps
+    state_bytes = 2 * 4 * batch * HEADS * math.comb(D_HEAD + 1, 2) * (D_HEAD + 1)
+    gbps = state_bytes / (step_ms / 1e3) / 1e9
     result = {
-        "library": library, "mode": mode, "batch": batch, "step_ms": step_ms, "bare_ms": bare_ms,
-        "ratio": step_ms / bare_ms, "target": TARGETS[(library, mode)], "agreement": agreement,
+        "library": library, "device": device, "backend": backend or library, "mode": mode, "batch": batch,
+        "step_ms": step_ms, "bare_ms": bare_ms, "ratio": step_ms / bare_ms,
+        "target": TARGETS[(library, mode)] if device == "cpu" else None, "agreement": agreement,
+        "state_gbps": gbps, "of_bandwidth": None if peak_gbps is None else gbps / peak_gbps,
     }  # fmt: skip
+    bandwidth = (
+        "" if peak_gbps is None else f" = {result['of_bandwidth']:.0%} of {peak_gbps:.0f} (target 50%)"
+    )
     print(
-        f"{library:5s} {mode:8s} batch {batch}: step {step_ms:7.3f} ms  bare {bare_ms:7.3f} ms  "
-        f"ratio {result['ratio']:5.2f} (target <= {result['target']})  bare vs ours {agreement:.1e}",
+        f"{library:5s} {device:4s} {backend or library:9s} {mode:8s} batch {batch}: step {step_ms:7.3f} ms  "
+        f"bare {bare_ms:7.3f} ms  ratio {result['ratio']:5.2f} (target <= {result['target']})  "
+        f"state {gbps:6.1f} GB/s{bandwidth}  bare vs ours {agreement:.1e}",
         flush=True,
     )
     return result
@@ -229,6 +267,18 @@ def measure(library: str, batch: int, steps: int, repeats: int, modes: list[str]
     return measure_torch(batch, steps, repeats, modes)
 
 
+def measure_gpu(batch: int, steps: int, repeats: int) -> list[dict]:
+    """CUDA: the torch backend (eager and compiled) and the CUDA kernel backends (eager) that run here."""
+    import sympow
+
+    here = {entry.name for entry in sympow.backends.available() if entry.available}
+    rows = measure_torch(batch, steps, repeats, ["eager", "compiled"], "cuda", "torch")
+    for backend in ("cupy", "numba"):
+        if backend in here:
+            rows += measure_torch(batch, steps, repeats, ["eager"], "cuda", backend)
+    return rows
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -236,10 +286,11 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    labels = [f"{r['library']} {r['mode']}\nbatch {r['batch']}" for r in rows]
+    labels = [f"{r['backend']} {r['mode']}\n{r['device']} batch {r['batch']}" for r in rows]
     ax.bar(labels, [r["ratio"] for r in rows], color="tab:blue")
     for i, r in enumerate(rows):
-        ax.plot([i - 0.4, i + 0.4], [r["target"]] * 2, color="tab:red")
+        if r["target"] is not None:
+            ax.plot([i - 0.4, i + 0.4], [r["target"]] * 2, color="tab:red")
         ax.text(i, r["ratio"], f"{r['step_ms']:.2f} ms", ha="center", va="bottom", fontsize=7)
     title = f"decode step / bare arithmetic, p={POWER}, d=e={D_HEAD}, {HEADS} heads, gates (red: target)"
     ax.set(ylabel="time per step, ratio", title=title)
@@ -258,17 +309,24 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--name", default="decode_cpu")
+    parser.add_argument("--gpu", action="store_true", help="CUDA: torch backend and kernels, batches 8, 64")
+    parser.add_argument("--name", default=None, help="default decode_cpu, or decode_gpu with --gpu")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     batches = [1] if args.quick else [int(b) for b in args.batches.split(",")]
+    if args.gpu and not args.quick:
+        batches = [8, 64]
     steps, repeats = (16, 3) if args.quick else (args.steps, args.repeats)
     modes = args.modes.split(",")
+    args.name = args.name or ("decode_gpu" if args.gpu else "decode_cpu")
     rows = []
-    for library in args.libraries.split(","):
+    for library in ["torch"] if args.gpu else args.libraries.split(","):
         for batch in batches:
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                rows += pool.submit(measure, library, batch, steps, repeats, modes).result()
+                if args.gpu:
+                    rows += pool.submit(measure_gpu, batch, steps, repeats).result()
+                else:
+                    rows += pool.submit(measure, library, batch, steps, repeats, modes).result()
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / f"{args.name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
