@@ -6,6 +6,8 @@ the same in tests/kernels (the simulator and GPU runs)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,7 @@ import sympow
 from sympow.spec import KERNELS
 from sympow.testing import assert_close, convert, make_inputs, to_numpy
 from sympow.testing.strategies import AttentionCase, attention_cases, given_for
-from sympow.testing.tolerances import angle_error, tolerance
+from sympow.testing.tolerances import angle_error, unit_roundoff
 
 # (backend, namespace): the reference on three namespaces, the native executors on their own. (The
 # reference on eager JAX compiles every primitive for every shape, seconds a call: tests/spec covers it.)
@@ -21,6 +23,11 @@ PAIRS = [
     ("reference", "numpy"), ("reference", "array_api_strict"), ("reference", "torch"),
     ("torch", "torch"), ("jax", "jax.numpy"),
 ]  # fmt: skip
+
+
+# mu is accumulated in float64 (or compensated float32) whatever the inputs' dtype: a loop and one call
+# agree to a few float32 round-offs of an angle at worst (as tests/spec/test_rarely_reached_paths.py)
+ANGLE_TOLERANCE = 8 * math.pi * unit_roundoff("float32")
 
 
 def namespace(name: str):
@@ -65,7 +72,7 @@ def check_decode(case: AttentionCase, backend: str, library: str, dtype: str) ->
     if state_one.mu is None:
         assert state_loop.mu is None
     else:
-        assert angle_error(state_loop.mu, state_one.mu) <= 1e3 * tolerance(dtype) * case.T, what
+        assert angle_error(state_loop.mu, state_one.mu) <= ANGLE_TOLERANCE, what
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

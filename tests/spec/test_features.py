@@ -95,3 +95,21 @@ def test_brute_force_rotation_matches_vectorised_rotation(d, seed, layout):
     a = rotate_pairs(x, mu, layout)
     np.testing.assert_allclose(a, rotate(x[None], mu[None], layout)[0], rtol=1e-14, atol=1e-14)
     np.testing.assert_allclose(np.dot(a, rotate_pairs(y, mu, layout)), np.dot(x, y), rtol=1e-12, atol=1e-12)
+
+
+def test_both_constructions_give_the_same_bits(xp, monkeypatch):
+    """``monomials`` takes few tokens' products from an outer product (``suffix_positions``) and many
+    tokens' as d joined blocks: the same products, bit for bit, whichever way is taken."""
+    from sympow.spec import features
+
+    @given_for(xp, d=head_dims(max_d=12), p=powers(max_p=4), seed=seeds())
+    def check(d, p, seed):
+        x = np.random.default_rng(seed).standard_normal((3, 5, d))
+        arrays = convert({"x": x}, xp, "float32")
+        few = to_numpy(symmetric_power_features(arrays["x"], p))
+        with monkeypatch.context() as patch:
+            patch.setattr(features, "OUTER_PRODUCT_ENTRIES", 0)  # every degree by joined blocks
+            many = to_numpy(symmetric_power_features(arrays["x"], p))
+        np.testing.assert_array_equal(few, many)
+
+    check()

@@ -376,8 +376,10 @@ def _all_finite(x: Any, xp: Any) -> bool:
     proves every entry finite in one read of x without a mask (torch's isfinite costs some 25 sums on
     CPU: a State's check would otherwise outweigh a decoding step's arithmetic). A sum that is not finite
     may still come from finite entries that overflow it; only then is every entry tested."""
+    if not is_concrete(x):  # traced: nothing to read, and no sum left in the traced graph
+        return True
     total = xp.sum(x)  # an empty x sums to 0
-    if not is_concrete(total):  # traced (under jax.jit even a constant's sum is)
+    if not is_concrete(total):  # under jax.jit even a constant's sum is traced
         return True
     return bool(xp.isfinite(total)) or not _any(~xp.isfinite(x), xp)
 
